@@ -1,0 +1,40 @@
+/** The social reference application, as a module: build it, start it, drive it. */
+
+export type { RunningSocialApp, SocialApp, SocialAppOptions } from './app.js';
+export { createSocialApp, startSocialApp } from './app.js';
+export type { Pipeline, PipelineOptions } from './changes.js';
+export { appLogSpec, CAPTURED_TABLES, databaseIdentity, startPipeline } from './changes.js';
+export type { Comment, Page, PageRequest, Post, TableCounts, User } from './repository.js';
+export { SocialRepository, sumCounts } from './repository.js';
+export { migrateMeta, migrateShard, postsDefinition } from './schema.js';
+export type { ReshardProgress, ShardMapSummary, ShardStatus, ShardTelemetry } from './shard-status.js';
+export { reshardProgress, shardTopology, startShardTelemetry } from './shard-status.js';
+export type {
+  BurstOptions,
+  OperationMix,
+  OperationName,
+  RouteReport,
+  SimulationOptions,
+  SimulationProgress,
+  SimulationReport,
+  ZipfSampler,
+} from './simulator.js';
+export {
+  createMixPicker,
+  createZipfSampler,
+  DEFAULT_MIX,
+  isLoopbackUrl,
+  seededRandom,
+  simulate,
+} from './simulator.js';
+export type { SocialShard, SocialStores, SocialStoresOptions } from './stores.js';
+export {
+  DEFAULT_SHARDS,
+  dropShardDatabases,
+  MAX_SHARDS,
+  openStores,
+  SHARD_MAP_NAME,
+  socialTables,
+} from './stores.js';
+export type { Figure, FigureInfo, Tick, Topology, TopologyEdge, TopologyNode } from './telemetry.js';
+export { Telemetry } from './telemetry.js';
