@@ -5,6 +5,7 @@ import { packageVersion } from './options.js';
 import { type CliIo, describeFailure, EXIT_USAGE } from './output.js';
 import { registerPartitions } from './partitions.js';
 import { registerReplicas } from './replicas.js';
+import { registerShards } from './shards.js';
 import { registerSimulate } from './simulate.js';
 import { registerStart } from './start.js';
 import { registerStatus } from './status.js';
@@ -36,6 +37,7 @@ export function createProgram(io: CliIo): Command {
   registerVerify(program, io);
   registerPartitions(program, io);
   registerReplicas(program, io);
+  registerShards(program, io);
   return program;
 }
 

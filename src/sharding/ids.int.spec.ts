@@ -132,6 +132,27 @@ describe.each(engines)('id worker allocation on $name', (engine) => {
   );
 
   it.skipIf(!engine.enabled)(
+    'hands a released slot to the next generator at once, which starts after the last id',
+    async () => {
+      const [a, b] = await engine.open();
+      const name = uniqueName('reuse');
+      // Both clocks stand in the same millisecond: the release and the next lease coincide.
+      const first = await createIdGenerator({ allocate: { store: a, name }, clock: new FakeClock(T) });
+      const issued = [first.next(), first.next(), first.next()];
+      await first.close();
+      const clock = new FakeClock(T);
+      const second = await createIdGenerator({ allocate: { store: b, name }, clock });
+      expect(second.workerId).toBe(first.workerId);
+      // Its first id waits for the millisecond after the last one of the slot's previous holder.
+      clock.set(T + 1);
+      const next = second.next();
+      expect(next).toBeGreaterThan(Math.max(...issued));
+      expect(second.decode(next).time.getTime()).toBeGreaterThan(T);
+      await second.close();
+    },
+  );
+
+  it.skipIf(!engine.enabled)(
     "lets a new owner take a dead owner's slot after expiry, and fences the old one",
     async () => {
       const [a, b] = await engine.open();

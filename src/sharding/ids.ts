@@ -486,16 +486,28 @@ class WorkerLease {
     const { store, name, ttlMs } = this.config;
     for (let round = 1; round <= ACQUIRE_ROUNDS; round++) {
       const now = this.clock.now();
-      const { rows } = await store.query<{ worker_id: number | string; expires_at: number | string }>(
-        sql`select worker_id, expires_at from ${t} where name = ${name} order by worker_id`,
-      );
+      const { rows } = await store.query<{
+        worker_id: number | string;
+        owner: string | null;
+        expires_at: number | string;
+      }>(sql`select worker_id, owner, expires_at from ${t} where name = ${name} order by worker_id`);
+      // A slot is busy while its lease runs; a released slot (no owner) is free at once, and its
+      // next holder issues ids only from the millisecond the release left in `expires_at`.
       const busy = new Set<number>();
-      for (const row of rows) if (Number(row.expires_at) > now) busy.add(Number(row.worker_id));
+      const releasedUntil = new Map<number, number>();
+      for (const row of rows) {
+        const expires = Number(row.expires_at);
+        if (row.owner === null) releasedUntil.set(Number(row.worker_id), expires);
+        else if (expires > now) busy.add(Number(row.worker_id));
+      }
       let candidates = 0;
       for (let workerId = 0; workerId < this.maxWorkers; workerId++) {
         if (busy.has(workerId)) continue;
         candidates++;
         const expires = now + ttlMs;
+        // A released slot is taken only as we read it: had another holder taken and released it
+        // since, its `expires_at` (our floor) would have moved on.
+        const released = releasedUntil.get(workerId);
         // Insert a missing slot, or take over one whose lease has ended; a slot someone else
         // took since the select matches neither and returns no row.
         let taken: boolean;
@@ -504,7 +516,7 @@ class WorkerLease {
             sql`insert into ${t} (name, worker_id, owner, expires_at)
                 values (${name}, ${workerId}, ${this.owner}, ${expires})
                 on conflict (name, worker_id) do update set owner = excluded.owner, expires_at = excluded.expires_at
-                where ${t}.expires_at <= ${now}
+                where ${t}.expires_at <= ${now} or (${t}.owner is null and ${t}.expires_at = ${released ?? -1})
                 returning worker_id`,
           );
           taken = rows.length === 1;
@@ -517,7 +529,7 @@ class WorkerLease {
           this.workerId = workerId;
           this.validUntil = expires;
           this.#schedule();
-          return { workerId, floorMs: now };
+          return { workerId, floorMs: Math.max(now, released ?? now) };
         }
       }
       if (candidates === 0) {

@@ -44,6 +44,27 @@ export {
   createTimePartitioning,
   inspectTimePartitioning,
 } from './partitions.js';
+export type {
+  Reshard,
+  ReshardMove,
+  ReshardOptions,
+  ReshardPlan,
+  ReshardProgress,
+  ReshardRouter,
+  ReshardStatus,
+  ReshardStep,
+  ReshardTableOptions,
+  ReshardVerifyCounts,
+} from './reshard.js';
+export { createReshard, readReshardStatus } from './reshard.js';
+export type {
+  PostgresReshardCaptureOptions,
+  ReshardCapture,
+  ReshardCaptureFactory,
+  ReshardCaptureSpec,
+  SqliteReshardCaptureOptions,
+} from './reshard-capture.js';
+export { postgresReshardCapture, sqliteReshardCapture } from './reshard-capture.js';
 export type { ShardRouterOptions } from './router.js';
 export { createShardRouter, ShardError } from './router.js';
 export type {

@@ -16,7 +16,14 @@ import {
   TimeoutError,
   ValidationError,
 } from '../core/errors.js';
-import { assertIdentifier, type SqlDriver, type SqlFragment, type SqlTransaction, sql } from '../core/sql.js';
+import {
+  assertIdentifier,
+  configIdentifier,
+  type SqlDriver,
+  type SqlFragment,
+  type SqlTransaction,
+  sql,
+} from '../core/sql.js';
 import { canonicalKey } from './hashing.js';
 import {
   assertShardKey,
@@ -62,6 +69,11 @@ export interface ShardRouterOptions {
   broadcastTimeout?: Duration;
   /** The longest a write waits at the write gate, and a pause waits for writes in flight (default 10s). */
   maxWritePause?: Duration;
+  /**
+   * The table on each shard where `moveRow` records a move before it copies the row, so that
+   * `recoverMoves()` can finish a move a crash interrupted (default `strata_row_moves`).
+   */
+  moveJournal?: string;
   /** The clock of timeouts (default the system clock). */
   clock?: Clock;
 }
@@ -618,6 +630,8 @@ class Router implements ShardRouter {
   readonly #broadcastTimeoutMs: number;
   readonly #clock: Clock;
   readonly #gate: WriteGate;
+  readonly #moveJournal: string;
+  readonly #journalReady = new Set<ShardId>();
   #strategy: ShardStrategy;
   #directory: ShardDirectory | undefined;
 
@@ -652,6 +666,7 @@ class Router implements ShardRouter {
     });
     this.#clock = options.clock ?? systemClock;
     this.#gate = new WriteGate(this.#clock, maxPauseMs);
+    this.#moveJournal = configIdentifier(options.moveJournal ?? 'strata_row_moves', 'moveJournal');
     this.#strategy = strategy;
     this.#directory = this.#directoryFor(strategy, 'directory');
   }
@@ -968,25 +983,145 @@ class Router implements ShardRouter {
         return;
       }
       const newDriver = this.shards.get(to)!;
-      await newDriver.query(
-        sql`insert into ${id} (${sql.join(columns.map((c) => sql.id(c)))}) values (${sql.join(columns.map((c) => newRow[c]))})`,
-      );
+      const pk = placement.primaryKey.map((c) => (c === placement.key ? oldKey : newRow[c]));
+      const move: JournaledMove = {
+        table,
+        target: to,
+        pk: encodeMoveValue(pk),
+        row: encodeMoveValue(Object.fromEntries(columns.map((c) => [c, newRow[c]]))),
+      };
+      // 1. On the old shard, with the row checked: the intent, durable before anything moves.
+      await this.#journal(oldDriver, from);
+      await oldDriver.transaction(async (tx) => {
+        const lock = oldDriver.dialect.name === 'postgres' ? sql` for update` : sql``;
+        const found = await tx.query(sql`select 1 as found from ${id} where ${where(oldKey)}${lock}`);
+        if (found.rows.length === 0) throw notFound(table, from);
+        await this.#recordMove(tx, from, move);
+      });
+      // 2. The copy on the new shard. 3. The old row and the intent, together.
       try {
-        const deleted = await oldDriver.query(sql`delete from ${id} where ${where(oldKey)}`);
-        if (deleted.rowCount === 0) throw notFound(table, from);
+        await newDriver.query(
+          sql`insert into ${id} (${sql.join(columns.map((c) => sql.id(c)))}) values (${sql.join(columns.map((c) => newRow[c]))})`,
+        );
+      } catch (err) {
+        await this.#forgetMove(oldDriver, from, move, err);
+        throw err;
+      }
+      try {
+        await oldDriver.transaction(async (tx) => {
+          const deleted = await tx.query(sql`delete from ${id} where ${where(oldKey)}`);
+          if (deleted.rowCount === 0) throw notFound(table, from);
+          await tx.query(
+            sql`delete from ${sql.id(this.#moveJournal)} where tbl = ${move.table} and pk = ${move.pk}`,
+          );
+        });
       } catch (err) {
         try {
           await newDriver.query(sql`delete from ${id} where ${where(newRow[placement.key])}`);
         } catch (undoErr) {
           throw new StrataError(
             'E_SHARD',
-            `moving a row of table "${table}" failed and its copy on shard "${to}" could not be removed`,
+            `moving a row of table "${table}" failed and its copy on shard "${to}" could not be removed; recoverMoves() finishes it`,
             { cause: err, details: { table, from, to, undoError: failureOf(to, undoErr) } },
           );
         }
+        await this.#forgetMove(oldDriver, from, move, err);
         throw err;
       }
     });
+  }
+
+  /** Creates the move journal on a shard once per router. */
+  async #journal(driver: SqlDriver, shard: ShardId): Promise<void> {
+    if (this.#journalReady.has(shard)) return;
+    await driver.exec(
+      `create table if not exists ${driver.dialect.quoteIdentifier(this.#moveJournal)} (tbl text not null, pk text not null, target text not null, row_data text not null, created_at bigint not null, primary key (tbl, pk))`,
+    );
+    this.#journalReady.add(shard);
+  }
+
+  async #recordMove(tx: SqlTransaction, from: ShardId, move: JournaledMove): Promise<void> {
+    try {
+      await tx.query(
+        sql`insert into ${sql.id(this.#moveJournal)} (tbl, pk, target, row_data, created_at) values (${move.table}, ${move.pk}, ${move.target}, ${move.row}, ${this.#clock.now()})`,
+      );
+    } catch (err) {
+      if (!isStrataError(err, 'E_CONSTRAINT')) throw err;
+      throw new StrataError(
+        'E_CONFLICT',
+        `a move of this row of table "${move.table}" is already in progress`,
+        {
+          cause: err,
+          details: { table: move.table, shard: from },
+        },
+      );
+    }
+  }
+
+  /** Removes an intent whose move failed before the old row was deleted; the old row stays. */
+  async #forgetMove(driver: SqlDriver, shard: ShardId, move: JournaledMove, cause: unknown): Promise<void> {
+    try {
+      await driver.query(
+        sql`delete from ${sql.id(this.#moveJournal)} where tbl = ${move.table} and pk = ${move.pk}`,
+      );
+    } catch (undoErr) {
+      throw new StrataError(
+        'E_SHARD',
+        `moving a row of table "${move.table}" failed and its intent on shard "${shard}" could not be removed; recoverMoves() finishes it`,
+        { cause, details: { table: move.table, shard, undoError: failureOf(shard, undoErr) } },
+      );
+    }
+  }
+
+  async recoverMoves(): Promise<{ completed: number; dropped: number }> {
+    let completed = 0;
+    let dropped = 0;
+    for (const [shard, driver] of this.shards) {
+      await this.#journal(driver, shard);
+      const intents = await driver.query<{ tbl: string; pk: string; target: string; row_data: string }>(
+        sql`select tbl, pk, target, row_data from ${sql.id(this.#moveJournal)} order by created_at`,
+      );
+      for (const intent of intents.rows) {
+        const placement = this.#placements.get(intent.tbl);
+        const targetDriver = this.shards.get(intent.target);
+        if (placement?.kind !== 'key' || targetDriver === undefined) {
+          throw new ConfigError(
+            'tables',
+            `a move journaled on shard "${shard}" names a table or shard this router does not place`,
+            { details: { table: intent.tbl, shard, target: intent.target } },
+          );
+        }
+        const pk = decodeMoveValue(intent.pk) as unknown[];
+        const row = decodeMoveValue(intent.row_data) as Record<string, unknown>;
+        const id = sql.id(intent.tbl);
+        const where = sql.join(
+          placement.primaryKey.map((c, i) => sql`${sql.id(c)} = ${pk[i]}`),
+          ' and ',
+        );
+        const present = await driver.query(sql`select 1 as found from ${id} where ${where}`);
+        if (present.rows.length === 0) {
+          // The old row went another way (deleted by the application): nothing is left to move.
+          await driver.query(
+            sql`delete from ${sql.id(this.#moveJournal)} where tbl = ${intent.tbl} and pk = ${intent.pk}`,
+          );
+          dropped++;
+          continue;
+        }
+        const columns = Object.keys(row);
+        const conflict = sql.join(placement.primaryKey.map((c) => sql.id(c)));
+        await targetDriver.query(
+          sql`insert into ${id} (${sql.join(columns.map((c) => sql.id(c)))}) values (${sql.join(columns.map((c) => row[c]))}) on conflict (${conflict}) do nothing`,
+        );
+        await driver.transaction(async (tx) => {
+          await tx.query(sql`delete from ${id} where ${where}`);
+          await tx.query(
+            sql`delete from ${sql.id(this.#moveJournal)} where tbl = ${intent.tbl} and pk = ${intent.pk}`,
+          );
+        });
+        completed++;
+      }
+    }
+    return { completed, dropped };
   }
 
   setStrategy(strategy: ShardStrategy): void {
@@ -1009,6 +1144,44 @@ class Router implements ShardRouter {
     if (typeof fn !== 'function') return Promise.reject(new ConfigError('fn', 'must be a function'));
     return this.#gate.run(fn);
   }
+}
+
+/** A move recorded on the old shard before the row is copied: what `recoverMoves` needs to finish it. */
+interface JournaledMove {
+  readonly table: string;
+  readonly target: ShardId;
+  /** The old row's primary key values, as `encodeMoveValue` text. */
+  readonly pk: string;
+  /** The new row, as `encodeMoveValue` text. */
+  readonly row: string;
+}
+
+/** JSON that keeps dates, bigints and bytes, so a recovered move writes the values it was given. */
+function encodeMoveValue(value: unknown): string {
+  return JSON.stringify(value, function (this: Record<string, unknown>, key, v: unknown) {
+    const original = this[key];
+    if (original instanceof Date) return { $date: original.getTime() };
+    if (typeof original === 'bigint') return { $bigint: original.toString() };
+    if (original instanceof Uint8Array) return { $bytes: Buffer.from(original).toString('base64') };
+    return v;
+  });
+}
+
+function decodeMoveValue(text: string): unknown {
+  return JSON.parse(text, (_key, value: unknown) => {
+    if (
+      value !== null &&
+      typeof value === 'object' &&
+      !Array.isArray(value) &&
+      Object.keys(value).length === 1
+    ) {
+      const v = value as { $date?: unknown; $bigint?: unknown; $bytes?: unknown };
+      if (typeof v.$date === 'number') return new Date(v.$date);
+      if (typeof v.$bigint === 'string') return BigInt(v.$bigint);
+      if (typeof v.$bytes === 'string') return new Uint8Array(Buffer.from(v.$bytes, 'base64'));
+    }
+    return value;
+  });
 }
 
 function notFound(table: string, shard: ShardId): StrataError {

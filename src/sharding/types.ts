@@ -210,8 +210,21 @@ export interface ShardRouter {
   broadcast(statement: SqlFragment | string, options?: { readonly timeout?: Duration }): Promise<void>;
   /** The store of a vertically partitioned table (`E_CONFIG` for other tables: use `forKey` / `forRow`). */
   storeOf(table: string): SqlDriver;
-  /** Moves a row whose shard key changes: insert on the new shard, delete on the old one, as one step for the caller. */
+  /**
+   * Moves a row whose shard key changes, as one step for the caller: the move is journaled on the
+   * old shard (with the old row checked and, on PostgreSQL, locked), the row is inserted on the
+   * new shard, then the old row and the journal entry are deleted in one transaction. A failure
+   * undoes what was done and rethrows (`E_NOT_FOUND` without an old row, `E_CONFLICT` while
+   * another move of the row is in progress); a crash leaves a journal entry that `recoverMoves`
+   * finishes. Same shard: an update in place.
+   */
   moveRow(table: string, oldKey: unknown, newRow: Record<string, unknown>): Promise<void>;
+  /**
+   * Finishes the moves a crash interrupted: for each journal entry on each shard, copies the row
+   * to its new shard (kept if already there) and deletes the old row with the entry; drops entries
+   * whose old row no longer exists. Run it at startup; resolves with the counts.
+   */
+  recoverMoves(): Promise<{ completed: number; dropped: number }>;
   /** Routes by a new strategy from now on (after a reshard's cutover). */
   setStrategy(strategy: ShardStrategy): void;
   /** Pauses writes through the router (`withWrite`) until `resume`; bounded by `maxPause`. */
