@@ -87,11 +87,13 @@ function percentile(sorted: number[], p: number): number {
 async function reshardOnce(c: Cluster, n: number, workDir: string): Promise<Outcome> {
   await seed(c, n);
   const mapStore = createShardMapStore(c.state);
-  const router = createShardRouter({
-    shards: c.drivers,
-    strategy: FROM,
-    tables: { users: { key: 'id' } },
-  });
+  // Writes go through the old map's router (its write gate is what the cutover pauses), to
+  // whichever router routes at the time: the new map's from the cutover on.
+  const pick = (strategy: typeof FROM) =>
+    Object.fromEntries(strategy.shards.map((id) => [id, c.drivers[id]!])) as Record<string, SqlDriver>;
+  const router = createShardRouter({ shards: pick(FROM), strategy: FROM, tables: { users: { key: 'id' } } });
+  const next = createShardRouter({ shards: pick(TO), strategy: TO, tables: { users: { key: 'id' } } });
+  let current = router;
   // The writer's own record of every acknowledged write: id -> score.
   const expected = new Map<number, number>();
   let nextId = n + 1;
@@ -105,13 +107,13 @@ async function reshardOnce(c: Cluster, n: number, workDir: string): Promise<Outc
       const started = performance.now();
       if (insert) {
         await router.withWrite(async () => {
-          const { driver } = await router.forKey(id);
+          const { driver } = await current.forKey(id);
           await driver.query(sql`insert into users (id, name, score) values (${id}, ${`user ${id}`}, ${1})`);
         });
         expected.set(id, 1);
       } else {
         await router.withWrite(async () => {
-          const { driver } = await router.forKey(id);
+          const { driver } = await current.forKey(id);
           await driver.query(sql`update users set score = score + 1 where id = ${id}`);
         });
         expected.set(id, (expected.get(id) ?? 0) + 1);
@@ -131,6 +133,9 @@ async function reshardOnce(c: Cluster, n: number, workDir: string): Promise<Outc
     state: c.state,
     workDir,
     router,
+    onCutover: () => {
+      current = next;
+    },
     chunkSize: 2_000,
     ...(c.capture ? { capture: c.capture } : {}),
   });
