@@ -109,6 +109,15 @@ describe('strata --help and --version', () => {
       ['changes', 'consumers'],
       ['--database', '--log', '--dead-letters', '--json'],
     ],
+    [
+      ['shards', 'status'],
+      ['--map', '--state', '--shard', '--json'],
+    ],
+    [['reshard'], ['--to', '--dry-run', '--abort', '--work-dir']],
+    [
+      ['replicas', 'status'],
+      ['--json'],
+    ],
   ])('strata %j --help lists its options and exits 0', async (command, expected) => {
     const result = await runCli([...command, '--help']);
     expect(result.code).toBe(0);
