@@ -125,7 +125,12 @@ function json(asJson: boolean | undefined, e: LogEntry): string {
   return `${JSON.stringify(e, (_k, v) => (typeof v === 'bigint' ? v.toString() : v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v))}\n`;
 }
 
-function waitFor(ms: number, signal: AbortSignal, onWake: (resolve: () => void) => void): Promise<void> {
+/** Waits `ms`, or until `signal` aborts, or until the function handed to `onWake` is called. */
+export function waitFor(
+  ms: number,
+  signal: AbortSignal,
+  onWake: (resolve: () => void) => void,
+): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
       clearTimeout(timer);

@@ -1,6 +1,7 @@
 /** The `strata` command line: one commander program, one module per command. */
 import { Command, CommanderError } from 'commander';
 import { registerChanges } from './changes.js';
+import { registerEvents } from './events.js';
 import { packageVersion } from './options.js';
 import { type CliIo, describeFailure, EXIT_USAGE } from './output.js';
 import { registerPartitions } from './partitions.js';
@@ -38,6 +39,7 @@ export function createProgram(io: CliIo): Command {
   registerPartitions(program, io);
   registerReplicas(program, io);
   registerShards(program, io);
+  registerEvents(program, io);
   return program;
 }
 

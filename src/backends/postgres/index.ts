@@ -21,6 +21,13 @@ export type {
 export { createPostgresDriver } from './postgres-driver.js';
 export type { PostgresEndpoint, PostgresErrorContext } from './postgres-errors.js';
 export { toPostgresError } from './postgres-errors.js';
+export type {
+  BlockingTransaction,
+  PostgresEventStore,
+  PostgresEventStoreOptions,
+  PostgresEventStoreWarning,
+} from './postgres-event-store.js';
+export { createPostgresEventStore } from './postgres-event-store.js';
 export { compareLsns, formatLsn, isLsn, parseLsn } from './postgres-lsn.js';
 export {
   pauseReplay,

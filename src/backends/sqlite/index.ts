@@ -17,6 +17,8 @@ export type {
 } from './sqlite-driver.js';
 export { createSqliteDriver } from './sqlite-driver.js';
 export { toSqliteError } from './sqlite-errors.js';
+export type { SqliteEventStoreOptions } from './sqlite-event-store.js';
+export { createSqliteEventStore } from './sqlite-event-store.js';
 export type {
   ChangeLogPositionOptions,
   SqliteReplica,

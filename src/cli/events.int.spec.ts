@@ -1,0 +1,182 @@
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { afterAll, describe, expect, it } from 'vitest';
+import { services, tempDir } from '../../test/helpers.js';
+import { createPostgresDriver } from '../backends/postgres/postgres-driver.js';
+import { createPostgresEventStore } from '../backends/postgres/postgres-event-store.js';
+import { createPostgresTestDatabase } from '../backends/postgres/postgres-test-database.js';
+import { createSqliteDriver } from '../backends/sqlite/sqlite-driver.js';
+import { createSqliteEventStore } from '../backends/sqlite/sqlite-event-store.js';
+import type { EventStore } from '../events/types.js';
+import type { CliIo } from './output.js';
+import { run } from './program.js';
+
+/** Runs `strata ...` in this process; resolves with the exit code and what it printed. */
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const sink = (write: (s: string) => void) =>
+    new Writable({
+      write(chunk, _encoding, done) {
+        write(String(chunk));
+        done();
+      },
+    });
+  const io: CliIo = {
+    stdout: sink((s) => {
+      stdout += s;
+    }),
+    stderr: sink((s) => {
+      stderr += s;
+    }),
+    env: {},
+  };
+  const code = await run(['node', 'strata', ...args], io);
+  return { code, stdout, stderr };
+}
+
+const cleanups: Array<() => unknown> = [];
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+async function seed(store: EventStore): Promise<void> {
+  await store.append('account-1', [
+    { type: 'registered', data: { email: 'a@example.com' } },
+    { type: 'email_changed', data: { email: 'b@example.com' } },
+  ]);
+  await store.append('account-2', [{ type: 'registered', data: { email: 'c@example.com' } }]);
+  await store.append('account-1', [{ type: 'suspended', data: { reason: 'spam' } }]);
+}
+
+function tailCases(storeSpec: () => string) {
+  it('prints the global log from the beginning in order, as JSON', async () => {
+    const result = await cli([
+      'events',
+      'tail',
+      '--store',
+      storeSpec(),
+      '--from',
+      'beginning',
+      '--limit',
+      '4',
+      '--json',
+    ]);
+    expect(result.code).toBe(0);
+    const events = result.stdout
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line));
+    expect(events.map((e) => `${e.stream}@${e.version}:${e.type}`)).toEqual([
+      'account-1@1:registered',
+      'account-1@2:email_changed',
+      'account-2@1:registered',
+      'account-1@3:suspended',
+    ]);
+    for (let i = 1; i < events.length; i++)
+      expect(events[i].position).toBeGreaterThan(events[i - 1].position);
+  });
+
+  it('filters by type and by stream, and starts after a position', async () => {
+    const byType = await cli([
+      'events',
+      'tail',
+      '--store',
+      storeSpec(),
+      '--from',
+      'beginning',
+      '--type',
+      'registered',
+      '--limit',
+      '2',
+      '--json',
+    ]);
+    expect(
+      byType.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l).stream),
+    ).toEqual(['account-1', 'account-2']);
+    const all = await cli([
+      'events',
+      'tail',
+      '--store',
+      storeSpec(),
+      '--from',
+      'beginning',
+      '--limit',
+      '4',
+      '--json',
+    ]);
+    const second = JSON.parse(all.stdout.trim().split('\n')[1]!).position as number;
+    const after = await cli([
+      'events',
+      'tail',
+      '--store',
+      storeSpec(),
+      '--from',
+      String(second),
+      '--stream',
+      'account-1',
+      '--limit',
+      '1',
+    ]);
+    expect(after.code).toBe(0);
+    expect(after.stdout).toContain('account-1@3');
+    expect(after.stdout).toContain('suspended');
+  });
+
+  it('rejects a bad --from with one line and exit 2', async () => {
+    const result = await cli(['events', 'tail', '--store', storeSpec(), '--from', '-3', '--limit', '1']);
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toContain('from');
+  });
+}
+
+describe('strata events tail on SQLite', () => {
+  const dir = tempDir('strata-cli-events-');
+  cleanups.push(() => dir.remove());
+  const file = join(dir.path, 'events.db');
+  let ready: Promise<void> | undefined;
+  const spec = () => `sqlite:${file}`;
+  it('sets up a store with events', async () => {
+    ready ??= (async () => {
+      const driver = createSqliteDriver(file);
+      const store = createSqliteEventStore({ driver });
+      await seed(store);
+      await store.close();
+      await driver.close();
+    })();
+    await ready;
+  });
+  tailCases(spec);
+
+  it('names a missing SQLite file in one line, exit 2', async () => {
+    const result = await cli([
+      'events',
+      'tail',
+      '--store',
+      `sqlite:${join(dir.path, 'nope.db')}`,
+      '--limit',
+      '1',
+    ]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('nope.db');
+  });
+});
+
+describe.skipIf(!services.postgres)('strata events tail on PostgreSQL', () => {
+  let url = '';
+  it('sets up a store with events', async () => {
+    const db = await createPostgresTestDatabase({ prefix: 'strata_cli_events' });
+    cleanups.push(() => db.drop());
+    url = db.url;
+    const driver = createPostgresDriver(db.url);
+    const store = createPostgresEventStore({ driver });
+    await seed(store);
+    await store.close();
+    await driver.close();
+  });
+  tailCases(() => url);
+});
