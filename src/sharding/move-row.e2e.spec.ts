@@ -126,12 +126,59 @@ describe.skipIf(!services.postgres)('moveRow under kill -9 on PostgreSQL shards'
     const journal = await drivers[oldShard]!.query('select tbl from strata_row_moves');
     expect(journal.rows).toEqual([{ tbl: 'posts' }]);
 
-    const recovered = await router().recoverMoves();
+    // A recovery leaves moves younger than a minute to the process making them ...
+    expect(await router().recoverMoves()).toEqual({ completed: 0, dropped: 0 });
+    expect(await postsOn(oldShard, 7)).toHaveLength(1);
+    // ... and finishes this one, whose process is gone, when told to take every entry.
+    const recovered = await router().recoverMoves({ olderThan: 0 });
     expect(recovered).toEqual({ completed: 1, dropped: 0 });
     expect(await postsOn(oldShard, 7)).toEqual([]);
     expect(await postsOn(newShard, 7)).toEqual([{ user_id: to, body: 'moved', created_at: created }]);
     expect((await drivers[oldShard]!.query('select tbl from strata_row_moves')).rows).toEqual([]);
-    expect(await router().recoverMoves()).toEqual({ completed: 0, dropped: 0 });
+    expect(await router().recoverMoves({ olderThan: 0 })).toEqual({ completed: 0, dropped: 0 });
+  });
+
+  it('never loses the row when a recovery and the move itself race to finish it', async () => {
+    const [from, to] = usersApart();
+    const oldShard = placeSync(STRATEGY, from);
+    const newShard = placeSync(STRATEGY, to);
+    await drivers[oldShard]!.query(
+      sql`insert into posts (user_id, id, body, created_at) values (${from}, ${10}, ${'race'}, ${new Date()})`,
+    );
+    let release = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let locked = () => {};
+    const isLocked = new Promise<void>((resolve) => {
+      locked = resolve;
+    });
+    // Both the move's last step and the recovery's delete of the old row wait on this lock.
+    const blocker = drivers[oldShard]!.transaction(async (tx) => {
+      await tx.query('lock table posts in share mode');
+      locked();
+      await held;
+    });
+    await isLocked;
+    const moving = router().moveRow('posts', from, {
+      user_id: to,
+      id: 10,
+      body: 'race',
+      created_at: new Date(),
+    });
+    for (let i = 0; i < 600 && (await postsOn(newShard, 10)).length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const recovering = router().recoverMoves({ olderThan: 0 });
+    await new Promise((r) => setTimeout(r, 200));
+    release();
+    await blocker;
+    await moving;
+    const recovered = await recovering;
+    expect(recovered.dropped).toBe(0);
+    expect(await postsOn(oldShard, 10)).toEqual([]);
+    expect((await postsOn(newShard, 10)).map((p) => p.user_id)).toEqual([to]);
+    expect((await drivers[oldShard]!.query('select tbl from strata_row_moves')).rows).toEqual([]);
   });
 
   it('lets one of two concurrent moves of a row through and refuses the other with E_CONFLICT', async () => {
@@ -153,15 +200,21 @@ describe.skipIf(!services.postgres)('moveRow under kill -9 on PostgreSQL shards'
     expect(all.rows).toEqual([{ user_id: to }]);
   });
 
-  it('drops an intent whose old row the application deleted meanwhile', async () => {
+  it('drops an intent whose old row the application deleted meanwhile, with its copy', async () => {
     const [from, to] = usersApart();
     const oldShard = placeSync(STRATEGY, from);
+    const newShard = placeSync(STRATEGY, to);
     const r = router();
-    expect(await r.recoverMoves()).toEqual({ completed: 0, dropped: 0 });
-    await drivers[oldShard]!.query(
-      sql`insert into strata_row_moves (tbl, pk, target, row_data, created_at) values (${'posts'}, ${JSON.stringify([from, 9])}, ${placeSync(STRATEGY, to)}, ${JSON.stringify({ user_id: to, id: 9, body: 'x', created_at: { $date: 0 } })}, ${Date.now()})`,
+    expect(await r.recoverMoves({ olderThan: 0 })).toEqual({ completed: 0, dropped: 0 });
+    // What a crash after the copy leaves, when the application then deleted the old row.
+    await drivers[newShard]!.query(
+      sql`insert into posts (user_id, id, body, created_at) values (${to}, ${9}, ${'x'}, ${new Date(0)})`,
     );
-    expect(await r.recoverMoves()).toEqual({ completed: 0, dropped: 1 });
+    await drivers[oldShard]!.query(
+      sql`insert into strata_row_moves (tbl, pk, target, row_data, created_at) values (${'posts'}, ${JSON.stringify([from, 9])}, ${newShard}, ${JSON.stringify({ user_id: to, id: 9, body: 'x', created_at: { $date: 0 } })}, ${Date.now()})`,
+    );
+    expect(await r.recoverMoves({ olderThan: 0 })).toEqual({ completed: 0, dropped: 1 });
     expect((await r.scatter(sql`select id from posts where id = ${9}`)).rows).toEqual([]);
+    expect((await drivers[oldShard]!.query('select tbl from strata_row_moves')).rows).toEqual([]);
   });
 });

@@ -71,12 +71,12 @@ interface Cluster {
   mapStore: ShardMapStore;
 }
 
-async function sqliteCluster(shards: readonly ShardId[]): Promise<Cluster> {
+async function sqliteCluster(shards: readonly ShardId[], ddls = DDL.sqlite): Promise<Cluster> {
   const dir = tempDir('strata-reshard-');
   const drivers: Record<ShardId, SqlDriver> = {};
   for (const id of shards) {
     const driver = createSqliteDriver(join(dir.path, `${id}.db`));
-    for (const ddl of DDL.sqlite) await driver.exec(ddl);
+    for (const ddl of ddls) await driver.exec(ddl);
     drivers[id] = driver;
   }
   const reference = createSqliteDriver(join(dir.path, 'reference.db'));
@@ -430,6 +430,37 @@ describe('online resharding on SQLite shards', () => {
     expect(active?.state).toBe('stable');
     expect(active?.version).toBe(status.toVersion);
     expect(active?.strategy.kind === 'hash' && active.strategy.shards).toEqual(['s0', 's1', 's2', 's3']);
+  });
+
+  it('moves and cleans up tables related by a foreign key (children deleted before parents)', async () => {
+    // SQLite enforces foreign keys on strata's driver by default: posts reference their user.
+    const fk = [
+      DDL.sqlite[0]!,
+      'create table posts (id integer primary key, user_id integer not null references users (id), body text not null, likes integer not null)',
+    ];
+    const c = await sqliteCluster(['s0', 's1', 's2', 's3'], fk);
+    const from = hashStrategy({ shards: ['s0', 's1'] });
+    const to = hashStrategy({ shards: ['s0', 's1', 's2', 's3'] });
+    await seed(c, from, 200);
+    const options = {
+      name: 'users',
+      mapStore: c.mapStore,
+      from,
+      to,
+      shards: c.drivers,
+      tables: TABLES,
+      state: c.state,
+      workDir: c.dir,
+    };
+    // An abort after the copy deletes the copies, children first ...
+    await createReshard(options).run({ until: 'verify' });
+    await createReshard(options).abort();
+    await expectClean(c, ['s0', 's1', 's2', 's3'], from);
+    // ... and a full run deletes the moved rows from their old shards the same way.
+    const status = await createReshard(options).run();
+    expect(status.step).toBe('done');
+    await expectClean(c, ['s0', 's1', 's2', 's3'], to);
+    expect(await leftovers(c)).toBe(0);
   });
 
   it('merges 4 hash shards into 2 under continuous writes, never touching the rows the targets own', async () => {

@@ -1769,7 +1769,9 @@ class Runner {
     const { chunk } = this.#r.settings;
     for (const shard of shards) {
       const driver = this.#driver(shard);
-      for (const t of this.#tables) {
+      // Children before parents: the tables are copied in the order given (parents first, so
+      // foreign keys hold on the targets), and deleted in the reverse order for the same reason.
+      for (const t of [...this.#tables].reverse()) {
         const id = `${shard}\u0000${t.table}`;
         const cursor = cursors[id] ?? { after: null, done: false };
         cursors[id] = cursor;

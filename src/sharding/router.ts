@@ -619,6 +619,8 @@ class WriteGate {
 const DEFAULT_SCATTER_TIMEOUT = '5s';
 const DEFAULT_BROADCAST_TIMEOUT = '60s';
 const DEFAULT_MAX_WRITE_PAUSE = '10s';
+/** Moves younger than this are left to the process making them. */
+const DEFAULT_RECOVER_AFTER = '1m';
 
 class Router implements ShardRouter {
   readonly shards: ReadonlyMap<ShardId, SqlDriver>;
@@ -1007,21 +1009,41 @@ class Router implements ShardRouter {
         await this.#forgetMove(oldDriver, from, move, err);
         throw err;
       }
+      const journal = sql.id(this.#moveJournal);
+      const intent = sql`tbl = ${move.table} and pk = ${move.pk}`;
       try {
         await oldDriver.transaction(async (tx) => {
+          // Claiming the intent first: if recoverMoves() (another process) finished this move
+          // meanwhile, the intent is gone and there is nothing left to do here.
+          const claimed = await tx.query(sql`delete from ${journal} where ${intent}`);
+          if (claimed.rowCount === 0) return;
           const deleted = await tx.query(sql`delete from ${id} where ${where(oldKey)}`);
           if (deleted.rowCount === 0) throw notFound(table, from);
-          await tx.query(
-            sql`delete from ${sql.id(this.#moveJournal)} where tbl = ${move.table} and pk = ${move.pk}`,
-          );
         });
+        return;
       } catch (err) {
+        if (!isStrataError(err, 'E_NOT_FOUND')) {
+          // The commit may have happened (a connection lost during COMMIT): the intent says.
+          let pending: boolean;
+          try {
+            pending =
+              (await oldDriver.query(sql`select 1 as found from ${journal} where ${intent}`)).rows.length > 0;
+          } catch (checkErr) {
+            throw new StrataError(
+              'E_SHARD',
+              `moving a row of table "${table}" is in doubt: shard "${from}" did not answer; recoverMoves() completes it`,
+              { cause: err, details: { table, from, to, checkError: failureOf(from, checkErr) } },
+            );
+          }
+          if (!pending) return;
+        }
+        // Not committed: the old row stays where it was, the copy goes.
         try {
           await newDriver.query(sql`delete from ${id} where ${where(newRow[placement.key])}`);
         } catch (undoErr) {
           throw new StrataError(
             'E_SHARD',
-            `moving a row of table "${table}" failed and its copy on shard "${to}" could not be removed; recoverMoves() finishes it`,
+            `moving a row of table "${table}" failed and its copy on shard "${to}" could not be removed; recoverMoves() completes the move`,
             { cause: err, details: { table, from, to, undoError: failureOf(to, undoErr) } },
           );
         }
@@ -1073,37 +1095,46 @@ class Router implements ShardRouter {
     }
   }
 
-  async recoverMoves(): Promise<{ completed: number; dropped: number }> {
+  async recoverMoves(
+    options: { olderThan?: Duration } = {},
+  ): Promise<{ completed: number; dropped: number }> {
+    const olderThanMs = parseDuration(options.olderThan ?? DEFAULT_RECOVER_AFTER, 'olderThan');
+    const before = this.#clock.now() - olderThanMs;
+    const journal = sql.id(this.#moveJournal);
     let completed = 0;
     let dropped = 0;
     for (const [shard, driver] of this.shards) {
       await this.#journal(driver, shard);
       const intents = await driver.query<{ tbl: string; pk: string; target: string; row_data: string }>(
-        sql`select tbl, pk, target, row_data from ${sql.id(this.#moveJournal)} order by created_at`,
+        sql`select tbl, pk, target, row_data from ${journal} where created_at <= ${before} order by created_at`,
       );
-      for (const intent of intents.rows) {
-        const placement = this.#placements.get(intent.tbl);
-        const targetDriver = this.shards.get(intent.target);
+      for (const entry of intents.rows) {
+        const placement = this.#placements.get(entry.tbl);
+        const targetDriver = this.shards.get(entry.target);
         if (placement?.kind !== 'key' || targetDriver === undefined) {
           throw new ConfigError(
             'tables',
             `a move journaled on shard "${shard}" names a table or shard this router does not place`,
-            { details: { table: intent.tbl, shard, target: intent.target } },
+            { details: { table: entry.tbl, shard, target: entry.target } },
           );
         }
-        const pk = decodeMoveValue(intent.pk) as unknown[];
-        const row = decodeMoveValue(intent.row_data) as Record<string, unknown>;
-        const id = sql.id(intent.tbl);
-        const where = sql.join(
+        const pk = decodeMoveValue(entry.pk) as unknown[];
+        const row = decodeMoveValue(entry.row_data) as Record<string, unknown>;
+        const id = sql.id(entry.tbl);
+        const intent = sql`tbl = ${entry.tbl} and pk = ${entry.pk}`;
+        const oldWhere = sql.join(
           placement.primaryKey.map((c, i) => sql`${sql.id(c)} = ${pk[i]}`),
           ' and ',
         );
-        const present = await driver.query(sql`select 1 as found from ${id} where ${where}`);
+        const newWhere = sql.join(
+          placement.primaryKey.map((c) => sql`${sql.id(c)} = ${row[c]}`),
+          ' and ',
+        );
+        const present = await driver.query(sql`select 1 as found from ${id} where ${oldWhere}`);
         if (present.rows.length === 0) {
-          // The old row went another way (deleted by the application): nothing is left to move.
-          await driver.query(
-            sql`delete from ${sql.id(this.#moveJournal)} where tbl = ${intent.tbl} and pk = ${intent.pk}`,
-          );
+          // The application deleted the row after the move began: the copy goes too.
+          await targetDriver.query(sql`delete from ${id} where ${newWhere}`);
+          await driver.query(sql`delete from ${journal} where ${intent}`);
           dropped++;
           continue;
         }
@@ -1112,13 +1143,14 @@ class Router implements ShardRouter {
         await targetDriver.query(
           sql`insert into ${id} (${sql.join(columns.map((c) => sql.id(c)))}) values (${sql.join(columns.map((c) => row[c]))}) on conflict (${conflict}) do nothing`,
         );
-        await driver.transaction(async (tx) => {
-          await tx.query(sql`delete from ${id} where ${where}`);
-          await tx.query(
-            sql`delete from ${sql.id(this.#moveJournal)} where tbl = ${intent.tbl} and pk = ${intent.pk}`,
-          );
+        const finished = await driver.transaction(async (tx) => {
+          // Claimed like moveRow does: whoever deletes the intent finishes the move.
+          const claimed = await tx.query(sql`delete from ${journal} where ${intent}`);
+          if (claimed.rowCount === 0) return false;
+          await tx.query(sql`delete from ${id} where ${oldWhere}`);
+          return true;
         });
-        completed++;
+        if (finished) completed++;
       }
     }
     return { completed, dropped };

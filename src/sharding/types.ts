@@ -220,11 +220,14 @@ export interface ShardRouter {
    */
   moveRow(table: string, oldKey: unknown, newRow: Record<string, unknown>): Promise<void>;
   /**
-   * Finishes the moves a crash interrupted: for each journal entry on each shard, copies the row
-   * to its new shard (kept if already there) and deletes the old row with the entry; drops entries
-   * whose old row no longer exists. Run it at startup; resolves with the counts.
+   * Finishes the moves a crash interrupted: for each journal entry older than `olderThan`
+   * (default 1m, so moves in flight in live processes are left alone) on each shard, copies the row
+   * to its new shard (kept if already there) and deletes the old row with the entry; when the old
+   * row is gone (deleted by the application meanwhile) the copy is deleted too. Whoever deletes an
+   * entry finishes its move, so concurrent recoveries and a late `moveRow` never both act. Run it
+   * at startup; resolves with the counts.
    */
-  recoverMoves(): Promise<{ completed: number; dropped: number }>;
+  recoverMoves(options?: { olderThan?: Duration }): Promise<{ completed: number; dropped: number }>;
   /** Routes by a new strategy from now on (after a reshard's cutover). */
   setStrategy(strategy: ShardStrategy): void;
   /** Pauses writes through the router (`withWrite`) until `resume`; bounded by `maxPause`. */
