@@ -170,6 +170,9 @@ export class HealthMonitor {
   async #probeAll(): Promise<void> {
     const { clock, timeoutMs } = this.settings;
     const p = this.primaryHealth;
+    // The position is dated when the probe was sent: the primary reached it no later than it
+    // answered, and dating it earlier only makes lag figures larger, never too small.
+    const sentAt = clock.now();
     try {
       const status = await withTimeout(
         this.provider.primary(this.primary),
@@ -183,7 +186,7 @@ export class HealthMonitor {
       p.consecutiveFailures = 0;
       p.identity = status.identity;
       p.measuredAt = clock.now();
-      this.observePrimary(status.position);
+      this.observePrimary(status.position, false, sentAt);
     } catch (err) {
       p.consecutiveFailures++;
       p.lastErrorCode = codeOf(err);
@@ -218,10 +221,11 @@ export class HealthMonitor {
   /**
    * Adds a primary position to the history; older positions are ignored. Positions from writes
    * (`dense`) are kept at most one per 10 ms, so a busy primary's history still spans minutes;
-   * a skipped sample only makes later lag figures less tight, never too small.
+   * a skipped sample only makes later lag figures less tight, never too small. `at` dates the
+   * sample (default now).
    */
-  observePrimary(position: bigint, dense = false): void {
-    const now = this.settings.clock.now();
+  observePrimary(position: bigint, dense = false, at?: number): void {
+    const now = at ?? this.settings.clock.now();
     const p = this.primaryHealth;
     if (p.position === undefined || position > p.position) p.position = position;
     const last = this.#history.at(-1);

@@ -28,6 +28,33 @@ describe('sqlite driver', () => {
     await db.close();
   });
 
+  it('tells commit listeners of every committed write, with RETURNING too, and not of reads', async () => {
+    const db = createSqliteDriver(join(dir.path, 'commits.db'));
+    await db.exec('create table t (id integer primary key, v text)');
+    let commits = 0;
+    const off = db.onCommit(() => {
+      commits++;
+    });
+    const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
+    await db.query(sql`insert into t (v) values (${'a'})`);
+    await settle();
+    expect(commits).toBe(1);
+    const returned = await db.query<{ id: number }>(sql`insert into t (v) values (${'b'}) returning id`);
+    expect(returned.rows).toHaveLength(1);
+    await settle();
+    expect(commits).toBe(2);
+    await db.query('select * from t');
+    await settle();
+    expect(commits).toBe(2);
+    await db.transaction(async (tx) => {
+      await tx.query(sql`update t set v = ${'c'} where id = ${1} returning id`);
+    });
+    await settle();
+    expect(commits).toBe(3);
+    off();
+    await db.close();
+  });
+
   it('names the directory when the file cannot be opened', () => {
     const missing = join(dir.path, 'no', 'such', 'dir', 'x.db');
     let err: unknown;

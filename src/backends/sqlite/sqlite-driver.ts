@@ -24,6 +24,8 @@ import { toSqliteError } from './sqlite-errors.js';
 /** The parts of a better-sqlite3 statement strata calls. */
 export interface SqliteStatementLike {
   readonly reader: boolean;
+  /** False for a statement that writes (better-sqlite3); a writer with RETURNING is also a reader. */
+  readonly readonly?: boolean;
   /** Return integers as BigInt (better-sqlite3); strata turns safe ones back into numbers. */
   safeIntegers?(toggle?: boolean): unknown;
   all(...params: unknown[]): unknown[];
@@ -284,6 +286,8 @@ class SqliteDriverImpl implements SqliteDriver {
             if (typeof v === 'bigint' && v >= MIN_SAFE && v <= MAX_SAFE) row[column] = Number(v);
           }
         }
+        // A write with RETURNING reads rows too: it commits like any other write.
+        if (stmt.readonly === false && !this.database.inTransaction) this.#committed();
         return { rows: rows as R[], rowCount: rows.length };
       }
       const info = stmt.run(...bound);
