@@ -257,7 +257,7 @@ drop_pg_replica() { # drop_pg_replica NAME
   say "pg:$name" "dropped"
 }
 
-PG_REPLICAS=${STRATA_PG_REPLICAS:-"replica_1:5441 replica_2:5442"}
+PG_REPLICAS=${STRATA_PG_REPLICA_CLUSTERS:-"replica_1:5441 replica_2:5442"}
 
 ensure_pg_replicas() {
   local entry
