@@ -98,7 +98,7 @@ afterAll(() => {
 describe('strata --help and --version', () => {
   it.each([
     [[], ['start', 'simulate', 'status', '--version']],
-    [['start'], ['--host', '--port', '--data-dir', '--simulate', '--rate', '--shards']],
+    [['start'], ['--host', '--port', '--data-dir', '--simulate', '--rate', '--shards', '--replicas']],
     [['simulate'], ['--url', '--rate', '--duration', '--users', '--seed', '--no-burst']],
     [['status'], ['--data-dir', '--url', '--json']],
     [
@@ -114,10 +114,7 @@ describe('strata --help and --version', () => {
       ['--map', '--state', '--shard', '--json'],
     ],
     [['reshard'], ['--to', '--dry-run', '--abort', '--work-dir']],
-    [
-      ['replicas', 'status'],
-      ['--json'],
-    ],
+    [['replicas', 'status'], ['--json']],
   ])('strata %j --help lists its options and exits 0', async (command, expected) => {
     const result = await runCli([...command, '--help']);
     expect(result.code).toBe(0);

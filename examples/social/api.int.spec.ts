@@ -63,6 +63,9 @@ describe.each(engines)('social API on $name', (engine) => {
     await cleanup();
   });
 
+  // Like a browser, the client keeps the session cookie a write sets and sends it back, so reads
+  // of the last writer's own data are read-your-writes; other users' data is read eventually.
+  let cookie: string | undefined;
   const call = async (
     method: 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE',
     url: string,
@@ -72,7 +75,11 @@ describe.each(engines)('social API on $name', (engine) => {
       method,
       url,
       ...(payload === undefined ? {} : { payload: payload as object }),
+      ...(cookie === undefined ? {} : { headers: { cookie } }),
     });
+    const set = res.headers['set-cookie'];
+    const last = (Array.isArray(set) ? set : set === undefined ? [] : [set]).at(-1);
+    if (last !== undefined) cookie = last.split(';')[0];
     return {
       status: res.statusCode,
       body: res.body.length > 0 ? res.json() : undefined,
@@ -244,8 +251,18 @@ describe.each(engines)('social API on $name', (engine) => {
     const p2 = (await call('POST', `/users/${b.id}/posts`, { body: 'b1' })).body.id;
     await call('POST', `/users/${c.id}/posts`, { body: 'c1 (not followed)' });
     const p3 = (await call('POST', `/users/${a.id}/posts`, { body: 'a2' })).body.id;
+    // Other users' posts are read from replicas: eventually there. A page read before they arrive
+    // is not cached for long: the feed-invalidation consumer drops it once the replicas have them.
+    const ids = async () =>
+      (await call('GET', `/users/${reader.id}/feed?limit=10`)).body.items.map((p: { id: number }) => p.id);
+    await until(async () => (await ids()).length === 3, 'the followed posts on the replicas');
+    expect(await ids()).toEqual([p3, p2, p1]);
     const feed = await call('GET', `/users/${reader.id}/feed`);
-    expect(feed.body.items.map((p: { id: number }) => p.id)).toEqual([p3, p2, p1]);
+    await until(
+      async () => (await call('GET', `/users/${reader.id}/feed`)).body.items.length === 3,
+      'the cached first page',
+    );
+    expect(feed.status).toBe(200);
     const self = await call('PUT', `/users/${reader.id}/following/${reader.id}`);
     expect(self).toMatchObject({ status: 400, body: { code: 'E_VALIDATION' } });
     expect((await call('DELETE', `/users/${reader.id}/following/${b.id}`)).body).toEqual({
@@ -316,6 +333,11 @@ describe.each(engines)('social API on $name', (engine) => {
         await inject('PUT', `/users/${r.id}/following/${w.id}`);
         await inject('POST', `/users/${w.id}/posts`, { body: 'still here' });
         await broken.caching.cache.close();
+        // The post is another user's data, read from a replica: eventually there, from the database.
+        await until(
+          async () => (await inject('GET', `/users/${r.id}/feed`)).json().items?.length === 1,
+          'the post on the replica',
+        );
         const feed = await inject('GET', `/users/${r.id}/feed`);
         expect(feed.statusCode).toBe(200);
         expect(feed.json().items.map((p: { body: string }) => p.body)).toEqual(['still here']);
@@ -352,6 +374,8 @@ describe.each(engines)('social API on $name', (engine) => {
       'consumer-user-stats',
       'consumer-feed-invalidation',
       'consumer-cache-invalidation',
+      // The embedded default: one SQLite replica per shard (PostgreSQL needs replica URLs).
+      ...(engine.name === 'sqlite' ? ['replica-s0-r1', 'replica-s1-r1'] : []),
     ]);
     expect(status.body.changes.consumers.map((c: { name: string }) => c.name)).toEqual([
       'user-stats',

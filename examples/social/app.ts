@@ -11,6 +11,13 @@ import { type Caching, openCaching } from './caching.js';
 import { type Pipeline, startPipeline } from './changes.js';
 import { registerDashboard } from './dashboard.js';
 import { errorHandler, notFoundHandler } from './http-errors.js';
+import {
+  checkReplicaCount,
+  checkReplicaUrls,
+  createSocialReplicas,
+  replicaUrlsFromEnv,
+  type SocialReplicas,
+} from './replicas.js';
 import { SocialRepository, sumCounts } from './repository.js';
 import { registerRoutes } from './routes.js';
 import { type ShardTelemetry, shardTopology, startShardTelemetry } from './shard-status.js';
@@ -48,6 +55,23 @@ export interface SocialAppOptions {
    * invalidate them sooner: the change log's invalidation consumers drop changed pages.
    */
   cacheTtl?: string;
+  /**
+   * Embedded SQLite read replicas per shard, fed from the shard's changes in the change log
+   * (default 1; 0 disables them). Needs `changes`; ignored on PostgreSQL (see `replicaUrls`).
+   */
+  replicas?: number;
+  /**
+   * PostgreSQL only: URLs of streaming standbys of the primary server (default: the
+   * comma-separated `STRATA_REPLICA_URLS`); each shard reads its database on every standby.
+   * Without any, every read goes to the primary.
+   */
+  replicaUrls?: string[] | undefined;
+  /**
+   * The secret (at least 16 bytes) that signs the `strata_token` cookie's tokens; processes that
+   * serve the same users need the same one (default: random per process, so a restart makes old
+   * cookies merely useless).
+   */
+  tokenSecret?: string | undefined;
   /** Fastify request logging (default false). */
   logger?: boolean;
   telemetry?: TelemetryOptions;
@@ -68,6 +92,8 @@ export interface SocialApp {
   engines: { database: string; cache: string; changeLog: string };
   /** Capture, log, relays and consumers; undefined with `changes: false`. */
   pipeline: Pipeline | undefined;
+  /** The read replica sets of the shards (`enabled` false when there are none). */
+  replicas: SocialReplicas;
   /** Stops the server and closes every engine connection. */
   close(): Promise<void>;
 }
@@ -98,6 +124,10 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
   const bodyLimit = options.bodyLimit ?? 64 * 1024;
   if (!Number.isInteger(bodyLimit) || bodyLimit < 1)
     throw new ConfigError('bodyLimit', 'must be a positive integer');
+  const replicaCount = checkReplicaCount(options.replicas);
+  const replicaUrls = checkReplicaUrls(
+    options.replicaUrls ?? replicaUrlsFromEnv(process.env.STRATA_REPLICA_URLS),
+  );
   const dataDir = ensureWritableDir(options.dataDir ?? './data');
   const stores = await openStores({
     dataDir,
@@ -107,6 +137,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
   let caching: Caching | undefined;
   let pipeline: Pipeline | undefined;
   let shardTelemetry: ShardTelemetry | undefined;
+  let replicas: SocialReplicas | undefined;
   try {
     const repo = new SocialRepository(stores);
     const telemetry = new Telemetry(options.telemetry);
@@ -160,7 +191,6 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
       redisUrl: options.redisUrl,
       ...(options.cacheTtl ? { ttl: options.cacheTtl } : {}),
     });
-    registerRoutes(server, { repo, cache: caching.cache, likeCounts: caching.likeCounts });
     if (options.changes !== false) {
       pipeline = await startPipeline({
         stores,
@@ -168,8 +198,24 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
         telemetry,
         dataDir,
         natsUrl: options.natsUrl,
+        replicas: replicaCount,
       });
     }
+    replicas = await createSocialReplicas({
+      stores,
+      telemetry,
+      embedded: pipeline?.replicas,
+      replicaUrls,
+      tokenSecret: options.tokenSecret,
+    });
+    const openReplicas = replicas;
+    if (replicas.enabled) repo.reads = replicas;
+    registerRoutes(server, {
+      repo,
+      cache: caching.cache,
+      likeCounts: caching.likeCounts,
+      replicas: openReplicas,
+    });
     const sharding = startShardTelemetry(stores, repo, telemetry);
     shardTelemetry = sharding;
     const changeLog = pipeline?.logLabel ?? 'off';
@@ -188,6 +234,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
         counts: sumCounts(Object.values(shardStatus.rows)),
         shards: shardStatus,
         cache: { ...openCache.cache.stats(), writeBehind: openCache.likeCounts.stats() },
+        replicas: openReplicas.status(),
         changes:
           pipeline === undefined
             ? null
@@ -212,11 +259,13 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
       stores,
       caching: openCache,
       pipeline: running,
+      replicas: openReplicas,
       engines,
       async close() {
         telemetry.stop();
         await server.close();
         await sharding.stop();
+        await openReplicas.close();
         // Pending like counts reach the shards before they close.
         await openCache.likeCounts.close();
         await running?.close();
@@ -226,6 +275,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
     };
   } catch (err) {
     await shardTelemetry?.stop().catch(() => undefined);
+    await replicas?.close().catch(() => undefined);
     await pipeline?.close().catch(() => undefined);
     await caching?.close().catch(() => undefined);
     await stores.close();

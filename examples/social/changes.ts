@@ -41,6 +41,7 @@ import type { ShardId } from 'strata/sharding';
 import type { SqliteDriver } from 'strata/sqlite';
 import { createSqliteChangeCapture, createSqliteChangeLog, createSqliteDriver } from 'strata/sqlite';
 import { feedKey, postKey, userKey } from './caching.js';
+import { type EmbeddedReplicas, gatedLog, openEmbeddedReplicas } from './replicas.js';
 import type { SocialShard, SocialStores } from './stores.js';
 import type { Telemetry } from './telemetry.js';
 
@@ -56,6 +57,11 @@ export interface PipelineOptions {
   dataDir: string;
   /** NATS URL: the log is a JetStream stream instead of a SQLite file. */
   natsUrl?: string | undefined;
+  /**
+   * Embedded SQLite read replicas per shard, fed from the log (default 0). Only on SQLite: on
+   * PostgreSQL the replicas are streaming standbys.
+   */
+  replicas?: number;
 }
 
 export interface Pipeline {
@@ -72,6 +78,8 @@ export interface Pipeline {
   logLabel: string;
   /** The log as a `--log` spec for the CLI (`sqlite:<file>` or `nats://...#stream`). */
   logSpec: string;
+  /** The embedded read replicas of each shard (undefined when there are none). */
+  replicas: EmbeddedReplicas | undefined;
   close(): Promise<void>;
 }
 
@@ -261,6 +269,26 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     byShard.set(shard.id, relay);
   }
   const relay = combinedRelay(relays, log);
+  const replicaCount = stores.engine === 'sqlite' ? (o.replicas ?? 0) : 0;
+  let replicas: EmbeddedReplicas | undefined;
+  if (replicaCount > 0) {
+    try {
+      replicas = await openEmbeddedReplicas({
+        stores,
+        log,
+        logKind: logLabel,
+        sources: sources.map((s) => (s as ShardCapture).name),
+        dataDir: o.dataDir,
+        count: replicaCount,
+      });
+    } catch (err) {
+      await log.close().catch(() => undefined);
+      throw err;
+    }
+  }
+  // Consumers that drop cache entries read an entry only once the replicas applied it, so a
+  // dropped entry is not refilled from a replica that has not seen the change.
+  const cacheLog = replicas === undefined ? log : gatedLog(log, replicas);
   let closed = false;
   // A new partition is captured before any row is written to it: the relay (and with it the
   // capture) restarts with the longer table list; what was not acknowledged is delivered again.
@@ -286,7 +314,7 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
 
   const invalidation = createConsumer({
     name: 'feed-invalidation',
-    log,
+    log: cacheLog,
     checkpoints,
     tables: ['posts', 'follows'],
     batchSize: 200,
@@ -314,7 +342,7 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
   const cacheInvalidation = createCacheInvalidator({
     name: 'cache-invalidation',
     cache: o.cache,
-    log,
+    log: cacheLog,
     checkpoints,
     pollInterval: '200ms',
     keys: {
@@ -334,6 +362,7 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     stopListening();
     for (const c of consumers) await c.stop().catch(() => undefined);
     await relay.stop().catch(() => undefined);
+    await replicas?.close().catch(() => undefined);
     await log.close().catch(() => undefined);
     throw err;
   }
@@ -440,11 +469,13 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     consumers,
     logLabel,
     logSpec: o.natsUrl ? `${o.natsUrl}#${logDetail.split(' ').pop()}` : `sqlite:${logDetail}`,
+    replicas,
     async close() {
       closed = true;
       stopListening();
       for (const c of consumers) await c.stop();
       await relay.stop();
+      await replicas?.close();
       await log.close();
     },
   };

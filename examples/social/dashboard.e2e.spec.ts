@@ -32,6 +32,7 @@ interface DashboardHook {
   series(): Record<string, string[]>;
   status(): string;
   nodes(): string[];
+  replicas(): Array<{ id: string; status: string; lag: string; seconds: string; share: string }>;
 }
 
 // The browser globals the page functions below use; the project compiles without the DOM lib.
@@ -173,6 +174,47 @@ describe.skipIf(!hasChromium)('dashboard in a real browser', () => {
     expect(await page.locator('[data-panel="figure:Cache hit ratio"] .help').textContent()).toContain(
       'cache reads',
     );
+  });
+
+  it('shows the read replicas: a table with lag, read share and fallbacks, and lag charts', async () => {
+    const card = page.locator('#replicas');
+    await card.waitFor({ state: 'visible', timeout: WAIT_MS });
+    expect(await card.locator('h2').textContent()).toBe('Read replicas');
+    const rows = card.locator('tbody tr');
+    await page.waitForFunction(() => (window.__strataDashboard?.replicas() ?? []).length === 2, null, wait);
+    expect(await rows.count()).toBe(2);
+    expect(await rows.locator('th').allTextContents()).toEqual(['s0/r1', 's1/r1']);
+    // The simulator sends no cookie: its reads are eventual, and the replicas serve some of them.
+    await page.waitForFunction(
+      () => (window.__strataDashboard?.replicas() ?? []).some((r) => r.share !== '0%' && r.share !== '–'),
+      null,
+      wait,
+    );
+    const first = rows.first().locator('td');
+    expect(await first.nth(0).getAttribute('data-state')).toMatch(/^(ok|degraded|down)$/);
+    expect(await first.nth(1).textContent()).toMatch(/^\d/);
+    expect(await first.nth(2).textContent()).toMatch(/ s$/);
+    expect(await first.nth(3).textContent()).toMatch(/%$/);
+    expect(await first.nth(4).textContent()).toMatch(/^\d/);
+    const svg = page.locator('#topology svg');
+    expect(await svg.locator('g.node[data-id="replica-s0-r1"]').getAttribute('data-kind')).toBe('replica');
+    expect(await svg.locator('path.edge[data-from="log"][data-to="replica-s1-r1"]').count()).toBe(1);
+    const lagPanels = [
+      'figure:Replica lag (changes)',
+      'figure:Replica lag (seconds)',
+      'figure:Reads served by replicas',
+    ];
+    await page.waitForFunction(
+      (ids) => ids.every((id) => (window.__strataDashboard?.points()[id] ?? 0) > 0),
+      lagPanels,
+      wait,
+    );
+    for (const id of lagPanels) {
+      expect(await page.evaluate((panel) => window.__strataDashboard!.series()[panel], id), id).toEqual([
+        's0/r1',
+        's1/r1',
+      ]);
+    }
   });
 
   it('resizes the charts with the window', async () => {

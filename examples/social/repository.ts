@@ -61,6 +61,18 @@ export interface PageRequest {
   cursor?: number | undefined;
 }
 
+/**
+ * How fresh a read must be: `strong` reads the shard's primary; `eventual` and `{ session: token }`
+ * (read-your-writes) may be served by a replica of the shard (see `replicas.ts`).
+ */
+export type ReadConsistency = 'strong' | 'eventual' | { readonly session: string };
+
+/** Routes reads of a shard to its replicas; without one, every read goes to the primary. */
+export interface ShardReads {
+  /** Runs `fn` on the node of `shard` that `consistency` chooses. */
+  read<T>(shard: ShardId, consistency: ReadConsistency, fn: (db: SqlExecutor) => Promise<T>): Promise<T>;
+}
+
 /** Row counts of the sharded tables. */
 export type TableCounts = Record<'users' | 'posts' | 'comments' | 'likes' | 'follows', number>;
 
@@ -173,10 +185,25 @@ function userConflict(err: unknown): unknown {
 
 /** Data access for the social app over its sharded stores. */
 export class SocialRepository {
+  /** Where reads that name a consistency other than `strong` go (set by the app once its replicas run). */
+  reads: ShardReads | undefined;
+
   constructor(
     readonly stores: SocialStores,
     private readonly now: () => number = Date.now,
   ) {}
+
+  /** Runs a read on shard `shard`: on its primary when `strong` or without replicas, else routed. */
+  #readShard<T>(
+    shard: ShardId,
+    consistency: ReadConsistency,
+    fn: (db: SqlExecutor) => Promise<T>,
+  ): Promise<T> {
+    if (consistency === 'strong' || this.reads === undefined) {
+      return fn(this.stores.router.shards.get(shard)!);
+    }
+    return this.reads.read(shard, consistency, fn);
+  }
 
   get #meta(): SqlDriver {
     return this.stores.meta;
@@ -307,12 +334,14 @@ export class SocialRepository {
     }
   }
 
-  /** The user with `id`; `E_NOT_FOUND` when there is none. */
-  async getUser(id: number): Promise<User> {
-    const { driver } = await this.#shard(id);
-    const { rows } = await driver.query(sql`select ${USER_COLUMNS} from users where id = ${id}`);
-    if (rows.length === 0) throw notFound('user', id);
-    return toUser(rows[0]!);
+  /** The user with `id`, read at `consistency` (default `strong`); `E_NOT_FOUND` when there is none. */
+  async getUser(id: number, consistency: ReadConsistency = 'strong'): Promise<User> {
+    const { id: shard } = await this.#shard(id);
+    return this.#readShard(shard, consistency, async (db) => {
+      const { rows } = await db.query(sql`select ${USER_COLUMNS} from users where id = ${id}`);
+      if (rows.length === 0) throw notFound('user', id);
+      return toUser(rows[0]!);
+    });
   }
 
   /** Changes the given fields of a user; `E_NOT_FOUND`, or `E_CONFLICT` for an email taken on any shard. */
@@ -389,15 +418,24 @@ export class SocialRepository {
     return toPost(rows[0]!);
   }
 
-  /** A user's posts, newest first; `E_NOT_FOUND` when the user does not exist. */
-  async listPosts(userId: number, req: PageRequest): Promise<Page<Post>> {
-    const { driver } = await this.#shard(userId);
-    await this.#requireUser(driver, userId);
-    const { rows } = await driver.query(
-      sql`select ${POST_COLUMNS} from posts where user_id = ${userId} ${before(req.cursor)}
-          order by id desc limit ${req.limit + 1}`,
-    );
-    return page(rows.map(toPost), req.limit);
+  /**
+   * A user's posts, newest first, read at `consistency` (default `strong`); `E_NOT_FOUND` when the
+   * user does not exist.
+   */
+  async listPosts(
+    userId: number,
+    req: PageRequest,
+    consistency: ReadConsistency = 'strong',
+  ): Promise<Page<Post>> {
+    const { id: shard } = await this.#shard(userId);
+    return this.#readShard(shard, consistency, async (db) => {
+      await this.#requireUser(db, userId);
+      const { rows } = await db.query(
+        sql`select ${POST_COLUMNS} from posts where user_id = ${userId} ${before(req.cursor)}
+            order by id desc limit ${req.limit + 1}`,
+      );
+      return page(rows.map(toPost), req.limit);
+    });
   }
 
   /** Adds a comment; `E_NOT_FOUND` when the post or the user does not exist. */
@@ -563,28 +601,34 @@ export class SocialRepository {
 
   /**
    * Posts of the users `userId` follows, newest first; `E_NOT_FOUND` when the user does not
-   * exist. The followees come from the reader's shard; their posts from one query per shard
-   * that holds some of them, merged by id (ids are time-ordered across shards).
+   * exist. The followees come from the reader's shard, read at `consistency` (default
+   * `strong`); their posts (other users' data) from one query per shard that holds some of them,
+   * `eventual` unless `consistency` is `strong`, merged by id (ids are time-ordered across shards).
    */
-  async feed(userId: number, req: PageRequest): Promise<Page<Post>> {
-    const { driver } = await this.#shard(userId);
-    await this.#requireUser(driver, userId);
-    const { rows } = await driver.query<{ followee_id: unknown }>(
-      sql`select followee_id from follows where follower_id = ${userId}`,
-    );
+  async feed(userId: number, req: PageRequest, consistency: ReadConsistency = 'strong'): Promise<Page<Post>> {
+    const { id: own } = await this.#shard(userId);
+    const rows = await this.#readShard(own, consistency, async (db) => {
+      await this.#requireUser(db, userId);
+      const result = await db.query<{ followee_id: unknown }>(
+        sql`select followee_id from follows where follower_id = ${userId}`,
+      );
+      return result.rows;
+    });
     if (rows.length === 0) return { items: [], nextCursor: null };
     const groups = await this.stores.router.groupByShard(rows.map((r) => Number(r.followee_id)));
+    const others: ReadConsistency = consistency === 'strong' ? 'strong' : 'eventual';
     const queries: Array<Promise<Post[]>> = [];
     for (const [shard, users] of groups) {
-      const store = this.stores.router.shards.get(shard)!;
       for (const chunk of chunks(users, IN_CHUNK)) {
         queries.push(
-          store
-            .query(
-              sql`select ${POST_COLUMNS} from posts where user_id in (${sql.join(chunk)}) ${before(req.cursor)}
-                  order by id desc limit ${req.limit + 1}`,
-            )
-            .then((r) => r.rows.map(toPost)),
+          this.#readShard(shard, others, (db) =>
+            db
+              .query(
+                sql`select ${POST_COLUMNS} from posts where user_id in (${sql.join(chunk)}) ${before(req.cursor)}
+                    order by id desc limit ${req.limit + 1}`,
+              )
+              .then((r) => r.rows.map(toPost)),
+          ),
         );
       }
     }

@@ -2,10 +2,20 @@
  * The social HTTP API. Every body, parameter and query string is validated through strata's
  * Standard Schema `validate` before it reaches the repository.
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isStrataError, type StandardSchemaV1, StrataError, validate } from 'strata';
 import type { Cache, LoaderContext, WriteBehind } from 'strata/cache';
 import { feedKey, postKey, userKey } from './caching.js';
+import {
+  CLEAR_SESSION_COOKIE,
+  parseSessionCookie,
+  planRead,
+  type ReadPlan,
+  readCookie,
+  sessionCookie,
+  TOKEN_COOKIE,
+} from './read-session.js';
+import type { SocialReplicas } from './replicas.js';
 import type { Page, Post, SocialRepository, User } from './repository.js';
 import {
   createCommentBody,
@@ -24,6 +34,11 @@ export interface RouteDeps {
   cache: Cache;
   /** Like counts written behind; pending counts are what readers see until they are written. */
   likeCounts: WriteBehind<number>;
+  /**
+   * The shards' read replicas: reads of a user's own data are read-your-writes through the
+   * `strata_token` cookie, other users' data eventual (default: every read on the primary).
+   */
+  replicas?: SocialReplicas | undefined;
 }
 
 /** Page size whose first page is cached (other sizes and later pages are always live). */
@@ -69,6 +84,42 @@ async function cached<T>(
 /** Registers the API routes on `app`. */
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   const { repo, cache, likeCounts } = deps;
+  const replicas = deps.replicas?.enabled ? deps.replicas : undefined;
+  const router = repo.stores.router;
+
+  /**
+   * How a read of `userId`'s data runs for this request: session for the cookie owner's own
+   * data, eventual for anyone else's; a refused cookie is counted and cleared, and its read goes
+   * to the primary.
+   */
+  const plan = async (req: FastifyRequest, reply: FastifyReply, userId: number): Promise<ReadPlan> => {
+    if (replicas === undefined) return { consistency: 'strong', refused: false, own: false };
+    const value = readCookie(req.headers.cookie, TOKEN_COOKIE);
+    const cookie = value === undefined ? undefined : parseSessionCookie(value);
+    const shard = cookie?.userId === String(userId) ? await router.shardOf(userId) : undefined;
+    const result = planRead(value, userId, (token) => shard !== undefined && replicas.accepts(shard, token));
+    if (result.refused) {
+      replicas.countBadToken();
+      void reply.header('set-cookie', CLEAR_SESSION_COOKIE);
+    }
+    return result;
+  };
+
+  /**
+   * After a write by `userId`: the cookie gets the token of the user's shard now, so the user's
+   * next reads of their own data see the write. A token that cannot be had leaves the cookie as
+   * it is: the write stands, only the next read may be a moment stale.
+   */
+  const issue = async (reply: FastifyReply, userId: number): Promise<void> => {
+    if (replicas === undefined) return;
+    try {
+      const token = await replicas.token(await router.shardOf(userId));
+      void reply.header('set-cookie', sessionCookie(userId, token));
+    } catch {
+      // See above.
+    }
+  };
+
   const withPendingLikes = (post: Post): Post => {
     const pending = likeCounts.get(String(post.id));
     return pending?.value === undefined ? post : { ...post, likeCount: pending.value };
@@ -79,29 +130,39 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   app.post('/users', async (req, reply) => {
     const input = await body(createUserBody, req);
     const user = await repo.createUser(input);
+    await issue(reply, user.id);
     return reply.code(201).send(user);
   });
 
-  app.get('/users/:id', async (req) => {
+  // A user's own data after a write (a valid cookie) is read live, past the cache, which the
+  // change log invalidates only a moment after the write.
+  app.get('/users/:id', async (req, reply) => {
     const { id } = await params(idParams, req);
-    return cached<User>(cache, userKey(id), () => repo.getUser(id), 'user', id);
+    const read = await plan(req, reply, id);
+    if (read.own || read.refused) return repo.getUser(id, read.consistency);
+    return cached<User>(cache, userKey(id), () => repo.getUser(id, read.consistency), 'user', id);
   });
 
-  app.patch('/users/:id', async (req) => {
+  app.patch('/users/:id', async (req, reply) => {
     const { id } = await params(idParams, req);
     const patch = await body(updateUserBody, req);
-    return repo.updateUser(id, patch);
+    const user = await repo.updateUser(id, patch);
+    await issue(reply, id);
+    return user;
   });
 
   app.post('/users/:id/posts', async (req, reply) => {
     const { id } = await params(idParams, req);
     const input = await body(createPostBody, req);
-    return reply.code(201).send(await repo.createPost(id, input.body));
+    const post = await repo.createPost(id, input.body);
+    await issue(reply, id);
+    return reply.code(201).send(post);
   });
 
-  app.get('/users/:id/posts', async (req) => {
+  app.get('/users/:id/posts', async (req, reply) => {
     const { id } = await params(idParams, req);
-    return repo.listPosts(id, await query(pageQuery, req));
+    const page = await query(pageQuery, req);
+    return repo.listPosts(id, page, (await plan(req, reply, id)).consistency);
   });
 
   app.get('/posts/:id', async (req) => {
@@ -112,7 +173,9 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   app.post('/posts/:id/comments', async (req, reply) => {
     const { id } = await params(idParams, req);
     const input = await body(createCommentBody, req);
-    return reply.code(201).send(await repo.addComment(id, input.userId, input.body));
+    const comment = await repo.addComment(id, input.userId, input.body);
+    await issue(reply, input.userId);
+    return reply.code(201).send(comment);
   });
 
   app.get('/posts/:id/comments', async (req) => {
@@ -120,28 +183,34 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     return repo.listComments(id, await query(pageQuery, req));
   });
 
-  app.put('/posts/:id/likes/:userId', async (req) => {
+  app.put('/posts/:id/likes/:userId', async (req, reply) => {
     const { id, userId } = await params(postLikeParams, req);
     const result = await repo.like(id, userId, true);
     if (result.liked) await likeCounts.set(String(id), result.likeCount);
+    await issue(reply, userId);
     return result;
   });
 
-  app.delete('/posts/:id/likes/:userId', async (req) => {
+  app.delete('/posts/:id/likes/:userId', async (req, reply) => {
     const { id, userId } = await params(postLikeParams, req);
     const result = await repo.unlike(id, userId, true);
     if (result.unliked) await likeCounts.set(String(id), result.likeCount);
+    await issue(reply, userId);
     return result;
   });
 
-  app.put('/users/:id/following/:targetId', async (req) => {
+  app.put('/users/:id/following/:targetId', async (req, reply) => {
     const { id, targetId } = await params(followParams, req);
-    return repo.follow(id, targetId);
+    const result = await repo.follow(id, targetId);
+    await issue(reply, id);
+    return result;
   });
 
-  app.delete('/users/:id/following/:targetId', async (req) => {
+  app.delete('/users/:id/following/:targetId', async (req, reply) => {
     const { id, targetId } = await params(followParams, req);
-    return repo.unfollow(id, targetId);
+    const result = await repo.unfollow(id, targetId);
+    await issue(reply, id);
+    return result;
   });
 
   app.get('/users/:id/stats', async (req) => {
@@ -149,13 +218,23 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     return repo.stats(id);
   });
 
-  app.get('/users/:id/feed', async (req) => {
+  app.get('/users/:id/feed', async (req, reply) => {
     const { id } = await params(idParams, req);
     const page = await query(pageQuery, req);
+    const read = await plan(req, reply, id);
     // The first page at the default size is cached (cache-aside, invalidated by the change
-    // log's feed-invalidation consumer); other pages and sizes are read live.
-    if (page.cursor !== undefined || page.limit !== CACHED_FEED_LIMIT) return repo.feed(id, page);
-    const feed = await cached<Page<Post>>(cache, feedKey(id), () => repo.feed(id, page), 'user', id);
+    // log's feed-invalidation consumer); other pages and sizes, and a user's own feed after a
+    // write of theirs, are read live.
+    if (page.cursor !== undefined || page.limit !== CACHED_FEED_LIMIT || read.own || read.refused) {
+      return repo.feed(id, page, read.consistency);
+    }
+    const feed = await cached<Page<Post>>(
+      cache,
+      feedKey(id),
+      () => repo.feed(id, page, read.consistency),
+      'user',
+      id,
+    );
     return { ...feed, items: feed.items.map(withPendingLikes) };
   });
 }

@@ -255,6 +255,9 @@ describe.each(engines)('sharded social storage on $name', (engine) => {
       const post = await call('POST', `/users/${writers[i % writers.length]}/posts`, { body: `p${i}` });
       ids.push(post.body.id);
     }
+    // Followed users' posts are other users' data, read from the shards' replicas: eventually all there.
+    const all = async () => (await call('GET', `/users/${reader}/feed?limit=12`)).body.items.length === 12;
+    for (let i = 0; i < 800 && !(await all()); i++) await new Promise((r) => setTimeout(r, 25));
     const seen: number[] = [];
     const sizes: number[] = [];
     let cursor: number | null = null;

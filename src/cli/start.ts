@@ -4,6 +4,7 @@
  */
 import type { Command } from 'commander';
 import { type RunningSocialApp, startSocialApp } from '../../examples/social/index.js';
+import { replicaUrlsFromEnv } from '../../examples/social/replicas.js';
 import { type SimulationReport, simulate } from '../../examples/social/simulator.js';
 import { parseDuration } from '../core/duration.js';
 import { StrataError } from '../core/errors.js';
@@ -26,6 +27,7 @@ interface StartFlags {
   simulate?: string | true;
   rate: string;
   shards?: string;
+  replicas: string;
 }
 
 /** How long `--simulate` without a value runs. */
@@ -54,6 +56,11 @@ export function registerStart(program: Command, io: CliIo): void {
       '--shards <n>',
       'shards of a new data directory or database (default 2; afterwards the stored shard map decides)',
     )
+    .option(
+      '--replicas <n>',
+      'embedded SQLite read replicas per shard, fed from the change log (0 turns them off; with DATABASE_URL, STRATA_REPLICA_URLS lists PostgreSQL standbys instead)',
+      '1',
+    )
     .action(async (flags: StartFlags) => {
       process.exitCode = await runStart(flags, io);
     });
@@ -62,6 +69,7 @@ export function registerStart(program: Command, io: CliIo): void {
 async function runStart(flags: StartFlags, io: CliIo): Promise<number> {
   const port = portOption(flags.port);
   const shards = flags.shards === undefined ? undefined : integerOption(flags.shards, 'shards', 1, 64);
+  const replicas = integerOption(flags.replicas, 'replicas', 0, 8);
   const simulation =
     flags.simulate === undefined
       ? undefined
@@ -93,6 +101,8 @@ async function runStart(flags: StartFlags, io: CliIo): Promise<number> {
     redisUrl: io.env.REDIS_URL || undefined,
     natsUrl: io.env.NATS_URL || undefined,
     shards,
+    replicas,
+    replicaUrls: replicaUrlsFromEnv(io.env.STRATA_REPLICA_URLS),
   });
   try {
     writeRunFile(dataDir, {

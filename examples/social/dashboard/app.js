@@ -668,6 +668,68 @@ function renderLegend(nodes) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Read replicas: a table of each replica from the newest tick's replica figures
+
+const STATE_TEXT = { ok: 'in rotation', degraded: 'lagging', down: 'down' };
+
+/** The rows of the replicas table, from a tick's figures and the topology's replica boxes. */
+function replicaRows(tick) {
+  const figures = tick?.figures ?? {};
+  const share = figures.replica_read_share ?? {};
+  const lagChanges = figures.replica_lag_changes;
+  const lag = lagChanges ?? figures.replica_lag_bytes ?? {};
+  const lagUnit = lagChanges !== undefined ? 'changes' : 'bytes';
+  const seconds = figures.replica_lag_seconds ?? {};
+  const fallbacks = figures.replica_session_fallbacks ?? {};
+  return Object.keys(share)
+    .sort()
+    .map((id) => {
+      const [shard, name] = id.split('/');
+      const node = state.topology.nodes.find((n) => n.id === `replica-${shard}-${name}`);
+      const status = node?.status ?? 'ok';
+      return {
+        id,
+        status,
+        lag: lag[id] === undefined ? '–' : lagUnit === 'changes' ? compact(lag[id]) : `${compact(lag[id])} B`,
+        seconds: formatValue('s', seconds[id]),
+        share: formatValue('ratio', share[id]),
+        fallbacks: fallbacks[shard] === undefined ? '–' : compact(fallbacks[shard]),
+        badTokens: fallbacks['bad tokens'],
+      };
+    });
+}
+
+function renderReplicas() {
+  const card = document.getElementById('replicas');
+  const rows = replicaRows(state.ticks.at(-1));
+  card.hidden = rows.length === 0;
+  if (rows.length === 0) return;
+  const body = document.getElementById('replicas-rows');
+  body.replaceChildren(
+    ...rows.map((r) => {
+      const tr = el('tr', { 'data-replica': r.id });
+      const stateCell = el(
+        'td',
+        { class: 'state', 'data-state': r.status },
+        STATE_TEXT[r.status] ?? r.status,
+      );
+      tr.append(
+        el('th', { scope: 'row' }, r.id),
+        stateCell,
+        el('td', { class: 'num' }, r.lag),
+        el('td', { class: 'num' }, r.seconds),
+        el('td', { class: 'num' }, r.share),
+        el('td', { class: 'num' }, r.fallbacks),
+      );
+      return tr;
+    }),
+  );
+  const bad = rows[0].badTokens;
+  document.getElementById('replicas-now').textContent =
+    `${rows.length} replica${rows.length === 1 ? '' : 's'}${bad === undefined ? '' : ` · ${compact(bad)} refused token cookies`}`;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Header: connection status and uptime
 
 const STATUS_TEXT = {
@@ -750,6 +812,7 @@ function connect() {
     trimWindow();
     renderTopology();
     syncPanels();
+    renderReplicas();
     everySecond();
   });
   source.addEventListener('tick', (event) => {
@@ -759,6 +822,7 @@ function connect() {
     state.ticks.push(tick);
     trimWindow();
     renderCharts();
+    renderReplicas();
   });
   source.addEventListener('topology', (event) => {
     const topology = parse(event);
@@ -766,6 +830,7 @@ function connect() {
     received();
     state.topology = topology;
     renderTopology();
+    renderReplicas();
   });
   source.addEventListener('figures', (event) => {
     const figures = parse(event);
@@ -782,6 +847,7 @@ window.__strataDashboard = {
   series: () => Object.fromEntries([...charts].map(([id, chart]) => [id, [...chart.names]])),
   status: () => state.status,
   nodes: () => state.topology.nodes.map((n) => n.id),
+  replicas: () => replicaRows(state.ticks.at(-1)),
 };
 
 syncPanels();
