@@ -359,6 +359,31 @@ describe.each(engines)('sharded social storage on $name', (engine) => {
     }
   });
 
+  it.skipIf(!engine.enabled)(
+    "holds writes while another process's reshard announces its cutover, and lets them go after",
+    async () => {
+      const user = (await newUser()).id;
+      const active = (await app.stores.mapStore.active('social'))!;
+      await app.stores.mapStore.setState('social', 'cutover', { toVersion: active.version + 1 });
+      const deadline = Date.now() + 15_000;
+      while (app.stores.map().state !== 'cutover') {
+        if (Date.now() > deadline) throw new Error('the running app did not see the cutover');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      let done = false;
+      const write = call('POST', `/users/${user}/posts`, { body: 'held' }).then((r) => {
+        done = true;
+        return r;
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      expect(done).toBe(false);
+      // The cutover ends (here without a new version): the held write goes through.
+      await app.stores.mapStore.setState('social', 'stable');
+      const response = await write;
+      expect(response.status).toBe(201);
+    },
+  );
+
   it.skipIf(!engine.enabled)('routes by the map active in the store, live and after a restart', async () => {
     const next = hashStrategy({ shards: ['s0', 's1'], seed: 99 });
     const version = await app.stores.mapStore.save('social', next);

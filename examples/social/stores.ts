@@ -363,16 +363,32 @@ export async function openStores(options: SocialStoresOptions): Promise<SocialSt
       engine === 'postgres' ? 'posts' : opened[0]!.posts.partitionOf(createdAt);
 
     let restart = false;
+    // A reshard run by another process (`strata reshard`) announces its cutover in the map's
+    // state: writes wait at the router's gate until the new version is active, so none lands on
+    // an old shard after the reshard's last catch-up. A new version over other shards than the
+    // ones open here cannot be routed without a restart: writes stay held (and time out) then.
+    let held = false;
     const stopWatch = mapStore.watch(
       SHARD_MAP_NAME,
       (map) => {
         current = map;
         if (map.strategy.kind === 'time') return;
+        if (map.state === 'cutover') {
+          if (!held) {
+            held = true;
+            router.pauseWrites().catch(reportWatchFailure);
+          }
+          return;
+        }
         const next = map.strategy;
         const same =
           next.shards.length === router.shards.size && next.shards.every((s) => router.shards.has(s));
         restart = !same;
         if (same && map.version !== router.strategy.version) router.setStrategy(next);
+        if (held && same) {
+          held = false;
+          router.resumeWrites();
+        }
       },
       { pollInterval: MAP_POLL, since: current.revision, onError: reportWatchFailure },
     );

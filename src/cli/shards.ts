@@ -44,6 +44,7 @@ interface ReshardFlags extends CommonFlags {
   chunkSize: string;
   until?: string;
   lease: string;
+  settle: string;
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
@@ -91,6 +92,11 @@ export function registerShards(program: Command, io: CliIo): void {
     .option('--work-dir <dir>', 'where the reshard keeps its change log', './data')
     .option('--chunk-size <n>', 'rows per chunk', '1000')
     .option('--lease <duration>', 'how long a crashed run holds the reshard', '15s')
+    .option(
+      '--settle <duration>',
+      'wait after announcing the cutover before pausing, so running apps (which poll the map every 2s) hold their writes',
+      '3s',
+    )
     .action(async (flags: ReshardFlags) => {
       process.exitCode = await runReshard(flags, io);
     });
@@ -373,6 +379,7 @@ async function runReshard(flags: ReshardFlags, io: CliIo): Promise<number> {
       workDir: resolve(flags.workDir),
       chunkSize,
       lease: flags.lease,
+      settle: flags.settle,
       ...(Object.keys(urls).length > 0 ? { capture: postgresReshardCapture({ urls }) } : {}),
     };
     if (flags.abort) {
