@@ -34,6 +34,12 @@ export type StrataErrorCode =
   | 'E_EXHAUSTED'
   | 'E_TOKEN'
   | 'E_NOT_REPLICA'
+  | 'E_VERIFY'
+  | 'E_VERSION_CONFLICT'
+  | 'E_DUPLICATE_EVENT'
+  | 'E_STREAM_DELETED'
+  | 'E_DECIDER'
+  | 'E_REBUILD_BEHIND'
   | (string & {});
 
 /** Options shared by every strata error constructor. */

@@ -14,8 +14,16 @@ export type {
 export { describeChangeLogConformance, sampleChange } from './change-log-conformance.js';
 export type { ChaosChangeLog } from './chaos.js';
 export { chaosChangeLog } from './chaos.js';
+export type { DeciderSpec, DeciderThen, DeciderWhen, ErrorExpectation } from './decider-spec.js';
+export { deciderSpec } from './decider-spec.js';
 export type { ServiceName, TestEnvironment } from './environment.js';
 export { canConnect, hostPort, probeServices, testEnvironment } from './environment.js';
+export type {
+  EventStoreConformanceOptions,
+  EventStoreFactory,
+  EventStoreFactoryOptions,
+} from './event-store-conformance.js';
+export { describeEventStoreConformance } from './event-store-conformance.js';
 export { FakeClock, flushMicrotasks } from './fake-clock.js';
 export type {
   KeyValueStoreConformanceOptions,
@@ -25,5 +33,13 @@ export type {
 export { describeKeyValueStoreConformance } from './kv-store-conformance.js';
 export type { MemoryChangeLogOptions } from './memory-change-log.js';
 export { createMemoryChangeLog } from './memory-change-log.js';
+export type {
+  ProjectionSpec,
+  ProjectionSpecContext,
+  ProjectionThen,
+  ProjectionWhen,
+  SpecEvent,
+} from './projection-spec.js';
+export { projectionSpec } from './projection-spec.js';
 export type { SqlDriverConformanceOptions } from './sql-driver-conformance.js';
 export { describeSqlDriverConformance } from './sql-driver-conformance.js';
