@@ -1,12 +1,14 @@
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
+import { projections } from '../../test/fixtures/cli-projections.js';
 import { services, tempDir } from '../../test/helpers.js';
 import { createPostgresDriver } from '../backends/postgres/postgres-driver.js';
 import { createPostgresEventStore } from '../backends/postgres/postgres-event-store.js';
 import { createPostgresTestDatabase } from '../backends/postgres/postgres-test-database.js';
 import { createSqliteDriver } from '../backends/sqlite/sqlite-driver.js';
 import { createSqliteEventStore } from '../backends/sqlite/sqlite-event-store.js';
+import { createProjectionConsumer } from '../cqrs/projection.js';
 import type { EventStore } from '../events/types.js';
 import type { CliIo } from './output.js';
 import { run } from './program.js';
@@ -179,4 +181,84 @@ describe.skipIf(!services.postgres)('strata events tail on PostgreSQL', () => {
     await driver.close();
   });
   tailCases(() => url);
+});
+
+describe('strata projections status and rebuild on SQLite', () => {
+  const dir = tempDir('strata-cli-projections-');
+  cleanups.push(() => dir.remove());
+  const file = join(dir.path, 'events.db');
+  const spec = `sqlite:${file}`;
+  const module = new URL('../../test/fixtures/cli-projections.ts', import.meta.url).pathname;
+
+  it('shows each projection with its checkpoint and lag, and rebuilds one with the same rows', async () => {
+    const driver = createSqliteDriver(file);
+    cleanups.push(() => driver.close());
+    const store = createSqliteEventStore({ driver });
+    cleanups.push(() => store.close());
+    await seed(store);
+    const consumer = createProjectionConsumer({ projection: projections[0]!, store, driver });
+    await consumer.start();
+    await consumer.drained();
+    await consumer.stop();
+
+    const caughtUp = await cli(['projections', 'status', '--store', spec, '--json']);
+    expect(caughtUp.code).toBe(0);
+    const first = JSON.parse(caughtUp.stdout) as {
+      head: number;
+      projections: Array<Record<string, unknown>>;
+    };
+    expect(first.projections).toEqual([
+      expect.objectContaining({ projection: 'account_emails', position: first.head, lag: 0 }),
+    ]);
+
+    await store.append('account-2', [{ type: 'email_changed', data: { email: 'd@example.com' } }]);
+    const behind = await cli(['projections', 'status', '--store', spec]);
+    expect(behind.code).toBe(0);
+    expect(behind.stdout).toMatch(/account_emails\s+\d+\s+1\s/);
+
+    const rebuilt = await cli([
+      'projections',
+      'rebuild',
+      'account_emails',
+      '--store',
+      spec,
+      '--module',
+      module,
+    ]);
+    expect(rebuilt.stderr).toBe('');
+    expect(rebuilt.code).toBe(0);
+    expect(rebuilt.stdout).toContain('rebuilt account_emails');
+    const rows = await driver.query<{ stream: string; email: string }>(
+      'select stream, email from account_emails order by stream',
+    );
+    expect(rows.rows).toEqual([
+      { stream: 'account-1', email: 'b@example.com' },
+      { stream: 'account-2', email: 'd@example.com' },
+    ]);
+    // The swap moved the consumer's checkpoint to the rebuilt position: no lag left.
+    const after = JSON.parse((await cli(['projections', 'status', '--store', spec, '--json'])).stdout) as {
+      projections: Array<{ lag: number }>;
+    };
+    expect(after.projections[0]!.lag).toBe(0);
+  });
+
+  it('names an unknown projection and a bad batch size in one line, exit 2', async () => {
+    const unknown = await cli(['projections', 'rebuild', 'nope', '--store', spec, '--module', module]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('account_emails');
+    expect(unknown.stderr.trim().split('\n')).toHaveLength(1);
+    const batch = await cli([
+      'projections',
+      'rebuild',
+      'account_emails',
+      '--store',
+      spec,
+      '--module',
+      module,
+      '--batch-size',
+      '0',
+    ]);
+    expect(batch.code).toBe(2);
+    expect(batch.stderr).toContain('batch-size');
+  });
 });

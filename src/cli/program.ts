@@ -1,7 +1,7 @@
 /** The `strata` command line: one commander program, one module per command. */
 import { Command, CommanderError } from 'commander';
 import { registerChanges } from './changes.js';
-import { registerEvents } from './events.js';
+import { registerEvents, registerProjections } from './events.js';
 import { packageVersion } from './options.js';
 import { type CliIo, describeFailure, EXIT_USAGE } from './output.js';
 import { registerPartitions } from './partitions.js';
@@ -40,6 +40,7 @@ export function createProgram(io: CliIo): Command {
   registerReplicas(program, io);
   registerShards(program, io);
   registerEvents(program, io);
+  registerProjections(program, io);
   return program;
 }
 
