@@ -115,6 +115,18 @@ describe('strata --help and --version', () => {
     ],
     [['reshard'], ['--to', '--dry-run', '--abort', '--work-dir']],
     [['replicas', 'status'], ['--json']],
+    [
+      ['events', 'tail'],
+      ['--store', '--from', '--type', '--stream', '--limit', '--json'],
+    ],
+    [
+      ['projections', 'status'],
+      ['--store', '--json'],
+    ],
+    [
+      ['projections', 'rebuild'],
+      ['--module', '--batch-size', '--restart'],
+    ],
   ])('strata %j --help lists its options and exits 0', async (command, expected) => {
     const result = await runCli([...command, '--help']);
     expect(result.code).toBe(0);
