@@ -777,6 +777,34 @@ describe.skipIf(!services.postgres || !services.pgServers)('online resharding on
     expect(await leftovers(c)).toBe(0);
   });
 
+  it('runs two reshards of same-named maps in other databases of the same servers at once', async () => {
+    // Replication slots are per server: each run must capture its own database only.
+    const a = await postgresCluster(['s0', 's1', 's2']);
+    const b = await postgresCluster(['s0', 's1', 's2']);
+    const from = hashStrategy({ shards: ['s0', 's1'] });
+    const to = hashStrategy({ shards: ['s0', 's1', 's2'] });
+    await seed(a, from, 150);
+    await seed(b, from, 150);
+    const run = (c: Cluster) =>
+      createReshard({
+        name: 'users',
+        mapStore: c.mapStore,
+        from,
+        to,
+        shards: c.drivers,
+        tables: TABLES,
+        state: c.state,
+        workDir: c.dir,
+        capture: postgresReshardCapture({ urls: c.urls }),
+      }).run();
+    const [sa, sb] = await Promise.all([run(a), run(b)]);
+    expect([sa.step, sb.step]).toEqual(['done', 'done']);
+    await expectClean(a, ['s0', 's1', 's2'], to);
+    await expectClean(b, ['s0', 's1', 's2'], to);
+    expect(await leftovers(a)).toBe(0);
+    expect(await leftovers(b)).toBe(0);
+  });
+
   it('aborts after the copy on PostgreSQL, dropping slots and publications', async () => {
     const c = await postgresCluster(['s0', 's1', 's2']);
     const from = hashStrategy({ shards: ['s0', 's1'] });

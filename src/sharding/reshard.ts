@@ -854,9 +854,12 @@ class ReshardImpl implements Reshard {
     }
     const plan = await this.plan();
     const toVersion = await mapStore.save(this.#name, this.#to);
+    // Capture names carry a token of this run: PostgreSQL replication slots are per server, so
+    // reshards of same-named maps in other databases of one server must not share a slot.
+    const run = randomBytes(3).toString('hex');
     const sources = plan.sources.map((shard) => {
       const index = from.shards.indexOf(shard);
-      return { shard, source: `rs.${this.#id}.${index}`, id: `${this.#id}_${index}` };
+      return { shard, source: `rs.${this.#id}.${run}.${index}`, id: `${this.#id}_${run}_${index}` };
     });
     const details: Details = {
       from,
