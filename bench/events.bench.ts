@@ -519,7 +519,7 @@ const benchmark: Benchmark = {
     }
     if (typeof emmett !== 'string') {
       notes.push(
-        'What each append writes: Emmett 0.42 keeps one index on its messages table (stream, position) and none on the global position or the message id, so its readers scan the table; strata keeps five (position, stream + version, event id, type, category) so reads by position, type and category and idempotent retries by id are index lookups, and it takes a shared advisory lock per append for the never-skipping global order.',
+        'What each append writes: Emmett 0.42 keeps one index on its messages table (stream, position) and none on the global position or the message id, so its readers scan the table; strata keeps five (position, stream + version, event id, type, category) so reads by position, type and category and idempotent retries by id are index lookups, and it takes a shared advisory lock per transaction for the never-skipping global order (appends to distinct streams that arrive together share one transaction and one commit).',
       );
     }
     const liteBatch = find('SQLite', `strata, ${BATCH} events per append`);

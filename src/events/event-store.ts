@@ -5,7 +5,6 @@
  * (DDL, stream locks, how positions are handed out and how far readers may safely read, how
  * other processes are woken) sit behind `EventStoreEngine`, implemented in the backend folders.
  */
-import { randomUUID } from 'node:crypto';
 import {
   type ChangeLog,
   type AppendResult as ChangeLogAppendResult,
@@ -50,6 +49,7 @@ import type {
   StreamInfo,
   StreamMetadata,
 } from './types.js';
+import { uuidv7 } from './uuid-v7.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options and errors
@@ -241,6 +241,39 @@ export interface StreamWrite {
   startVersion: number;
 }
 
+/** One event of a direct append, with its JSON already encoded. */
+export interface DirectEvent {
+  id: string;
+  /** True when the caller gave the id: it may already be stored (an idempotent retry). */
+  given: boolean;
+  type: string;
+  data: string;
+  metadata: string;
+  schemaVersion: number;
+}
+
+/** One stream's part of a direct append. */
+export interface DirectStreamAppend {
+  stream: string;
+  expected: ExpectedVersion;
+  category: string;
+  events: readonly DirectEvent[];
+}
+
+/** One `append` or `appendMany` call: all of its streams or none. */
+export interface DirectUnit {
+  appends: readonly DirectStreamAppend[];
+  /** The event time (epoch ms, the store's clock). */
+  time: number;
+}
+
+/** How a direct append ended. */
+export type DirectOutcome =
+  | { status: 'appended'; results: Array<{ version: number; positions: number[] }> }
+  | { status: 'conflict'; index: number; actual: number }
+  | { status: 'deleted'; index: number }
+  | { status: 'fallback' };
+
 /**
  * What an engine provides to the shared store. Every method that takes a transaction runs inside
  * the append's transaction; the rest use the driver.
@@ -279,6 +312,15 @@ export interface EventStoreEngine {
   head(): Promise<number>;
   /** Starts waking `wake` when other connections or processes append; returns a function that stops it. */
   watch(wake: () => void): () => void;
+  /**
+   * Optional: appends one call's streams in a transaction of the engine's own, outside any caller
+   * transaction, checking expected versions and deleted streams and looking for given ids the way
+   * the transactional path does. The engine may commit several concurrent calls on distinct
+   * streams together, but each call succeeds or fails on its own and a failed call writes nothing.
+   * `fallback`: the call wrote nothing and must take the transactional path (a given id is
+   * already stored, or the engine could not decide it alone).
+   */
+  appendDirect?(unit: DirectUnit): Promise<DirectOutcome>;
   /** Called after each commit of an append made through this store (to tell other processes). */
   appended(): void;
   /** Releases what the engine opened itself; the driver stays open. */
@@ -295,6 +337,9 @@ interface PreparedEvent {
   type: string;
   data: Record<string, unknown>;
   metadata: Record<string, unknown>;
+  /** `data` and `metadata` encoded once, when checked. */
+  dataJson: string;
+  metadataJson: string;
   schemaVersion: number;
 }
 
@@ -519,6 +564,10 @@ export class SqlEventStore implements EventStore {
     this.assertOpen();
     const prepared = await this.#prepare(appends, subject, many);
     await this.migrate();
+    if (executor === undefined && this.engine.appendDirect !== undefined && prepared.length > 0) {
+      const direct = await this.#appendDirect(prepared);
+      if (direct !== undefined) return direct;
+    }
     const run = (tx: SqlTransaction) => this.#appendIn(tx, prepared);
     const ex = executor ?? this.#driver;
     try {
@@ -530,6 +579,40 @@ export class SqlEventStore implements EventStore {
         throw duplicateEventError(prepared[0]?.stream ?? '', undefined, err);
       }
       throw err;
+    }
+  }
+
+  /** The engine's own transaction in one round trip; undefined when the transactional path must decide. */
+  async #appendDirect(prepared: readonly PreparedAppend[]): Promise<AppendResult[] | undefined> {
+    const outcome = await this.engine.appendDirect!({
+      time: this.clock.now(),
+      appends: prepared.map((a) => ({
+        stream: a.stream,
+        expected: a.expected,
+        category: this.#streamType(a.stream),
+        events: a.events.map((e) => ({
+          id: e.id,
+          given: e.givenId,
+          type: e.type,
+          data: e.dataJson,
+          metadata: e.metadataJson,
+          schemaVersion: e.schemaVersion,
+        })),
+      })),
+    });
+    switch (outcome.status) {
+      case 'appended': {
+        if (prepared.some((a) => a.events.length > 0)) this.#afterAppend();
+        return outcome.results.map((r) => ({ ...r, alreadyAppended: false }));
+      }
+      case 'conflict': {
+        const a = prepared[outcome.index]!;
+        throw versionConflictError(a.stream, a.expected, outcome.actual);
+      }
+      case 'deleted':
+        throw streamDeletedError(prepared[outcome.index]!.stream);
+      default:
+        return undefined;
     }
   }
 
@@ -640,9 +723,16 @@ export class SqlEventStore implements EventStore {
     }
     const given = event.id !== undefined;
     const metadata = event.metadata ?? {};
-    encodeJson(data, [...path, 'data'], 'events');
-    encodeJson(metadata, [...path, 'metadata'], 'events');
-    return { id: event.id ?? randomUUID(), givenId: given, type: event.type, data, metadata, schemaVersion };
+    return {
+      id: event.id ?? uuidv7(),
+      givenId: given,
+      type: event.type,
+      data,
+      metadata,
+      dataJson: encodeJson(data, [...path, 'data'], 'events'),
+      metadataJson: encodeJson(metadata, [...path, 'metadata'], 'events'),
+      schemaVersion,
+    };
   }
 
   async #appendIn(tx: SqlTransaction, appends: readonly PreparedAppend[]): Promise<AppendResult[]> {
@@ -683,8 +773,8 @@ export class SqlEventStore implements EventStore {
           id: e.id,
           type: e.type,
           category,
-          data: JSON.stringify(e.data),
-          metadata: JSON.stringify(e.metadata),
+          data: e.dataJson,
+          metadata: e.metadataJson,
           schemaVersion: e.schemaVersion,
           time: now,
         });

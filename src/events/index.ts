@@ -24,3 +24,4 @@ export type {
   StreamMetadata,
   Upcaster,
 } from './types.js';
+export { createUuidV7Generator, uuidv7, uuidv7Time } from './uuid-v7.js';

@@ -7,7 +7,7 @@ import type { SqlExecutor } from '../core/sql.js';
 
 /** An event to append: a type, a JSON payload, optional metadata and an id for idempotency. */
 export interface NewEvent<T extends string = string, D = Record<string, unknown>> {
-  /** Unique id (default: a random UUID). A retried append with the same id is "already appended". */
+  /** Unique id (default: a time-ordered UUIDv7). A retried append with the same id is "already appended". */
   id?: string;
   type: T;
   data: D;

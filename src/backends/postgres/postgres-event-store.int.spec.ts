@@ -67,7 +67,7 @@ describe.skipIf(!services.postgres)('postgres event store', () => {
 
   describeEventStoreConformance('postgres', (options) => createPostgresEventStore({ driver, ...options }));
 
-  it('chaos: 16 writers, rollbacks and transactions held open; the subscriber gets every committed event exactly once, a naive reader skips', async () => {
+  it('chaos: 16 writers, rollbacks, transactions held open and direct appends; the subscriber gets every committed event exactly once, a naive reader skips', async () => {
     const s = await store();
     const table = `"${s.name}"`;
     const streams = Array.from({ length: 32 }, (_, i) => `chaos-${i}`);
@@ -84,13 +84,17 @@ describe.skipIf(!services.postgres)('postgres event store', () => {
         const ids = Array.from({ length: 1 + Math.floor(Math.random() * 3) }, (_, k) => `w${w}-${i}-${k}`);
         const roll = Math.random();
         const exact = Math.random() < 0.3 ? ((await s.streamInfo(stream))?.version ?? 0) : undefined;
+        const events = ids.map((id) => ({ id, type: 'Chaos', data: { w, i } }));
+        const expected = exact === undefined ? {} : { expected: exact };
         try {
+          if (roll >= 0.5 && roll <= 0.8) {
+            // The store's own transaction, in one round trip, maybe together with other writers'.
+            await s.append(stream, events, expected);
+            for (const id of ids) committed.add(id);
+            continue;
+          }
           await driver.transaction(async (tx) => {
-            await s.append(
-              stream,
-              ids.map((id) => ({ id, type: 'Chaos', data: { w, i } })),
-              { executor: tx, ...(exact === undefined ? {} : { expected: exact }) },
-            );
+            await s.append(stream, events, { executor: tx, ...expected });
             if (roll < 0.08) {
               held++;
               await sleep(1_000 + Math.random() * 2_000);
@@ -374,6 +378,105 @@ describe.skipIf(!services.postgres)('postgres event store', () => {
     const row = (await driver.query<{ tx: string }>(`select tx::text as tx from "${s.name}" limit 1`))
       .rows[0];
     expect((await s.asChangeLog().read(0, 1))[0]?.txId).toBe(row?.tx);
+  });
+
+  it('commits appends made together in one transaction, each succeeding or failing on its own', async () => {
+    const s = await store();
+    await s.append('gone-1', [{ type: 'A', data: {} }]);
+    await s.deleteStream('gone-1');
+    await s.append('kept-1', [{ id: 'retry-1', type: 'A', data: { n: 1 } }]);
+    await s.append('kept-2', [{ id: 'taken-1', type: 'A', data: { n: 1 } }]);
+    await s.append('race-1', [{ type: 'A', data: {} }]);
+    const before = await s.head();
+    // Started in one turn of the event loop, so they reach the server together.
+    const settled = await Promise.allSettled([
+      ...Array.from({ length: 8 }, (_, i) =>
+        s.append(
+          `new-${i}`,
+          [
+            { type: 'B', data: { i } },
+            { type: 'C', data: { i } },
+          ],
+          { expected: 'no_stream' },
+        ),
+      ),
+      s.append('ghost-1', [{ type: 'B', data: {} }], { expected: 5 }),
+      s.append('ghost-2', [{ type: 'B', data: {} }], { expected: 'stream_exists' }),
+      s.append('gone-1', [{ type: 'B', data: {} }]),
+      s.append('kept-1', [{ id: 'retry-1', type: 'A', data: { n: 1 } }]),
+      s.append('other-1', [{ id: 'taken-1', type: 'A', data: { n: 1 } }]),
+      s.append('race-1', [{ type: 'B', data: { who: 1 } }], { expected: 1 }),
+      s.append('race-1', [{ type: 'B', data: { who: 2 } }], { expected: 1 }),
+      s.appendMany([
+        { stream: 'many-1', expected: 'no_stream', events: [{ type: 'B', data: {} }] },
+        { stream: 'many-2', expected: 3, events: [{ type: 'B', data: {} }] },
+      ]),
+    ]);
+    const [news, rest] = [settled.slice(0, 8), settled.slice(8)];
+    const failure = (r: PromiseSettledResult<unknown> | undefined) =>
+      r?.status === 'rejected' ? (r.reason as { code?: string; details?: unknown }) : undefined;
+
+    for (const [i, r] of news.entries()) {
+      expect(r.status).toBe('fulfilled');
+      const events = await s.readStream(`new-${i}`);
+      expect(r.status === 'fulfilled' && r.value).toEqual({
+        version: 2,
+        positions: events.map((e) => e.position),
+        alreadyAppended: false,
+      });
+    }
+    expect(failure(rest[0])).toMatchObject({
+      code: 'E_VERSION_CONFLICT',
+      details: { stream: 'ghost-1', expected: 5, actual: 0 },
+    });
+    expect(failure(rest[1])).toMatchObject({
+      code: 'E_VERSION_CONFLICT',
+      details: { stream: 'ghost-2', expected: 'stream_exists', actual: 0 },
+    });
+    // A failed call leaves nothing behind, not even the row that locked its new stream.
+    expect(await s.streamInfo('ghost-1')).toBeUndefined();
+    expect(await s.streamInfo('ghost-2')).toBeUndefined();
+    expect(failure(rest[2])).toMatchObject({ code: 'E_STREAM_DELETED' });
+    expect(rest[3]).toMatchObject({ status: 'fulfilled', value: { version: 1, alreadyAppended: true } });
+    expect(failure(rest[4])).toMatchObject({ code: 'E_DUPLICATE_EVENT' });
+    expect(await s.streamInfo('other-1')).toBeUndefined();
+    const raced = [rest[5], rest[6]];
+    expect(raced.filter((r) => r?.status === 'fulfilled')).toHaveLength(1);
+    expect(raced.map(failure).find((f) => f !== undefined)).toMatchObject({
+      code: 'E_VERSION_CONFLICT',
+      details: { stream: 'race-1', expected: 1, actual: 2 },
+    });
+    expect(failure(rest[7])).toMatchObject({
+      code: 'E_VERSION_CONFLICT',
+      details: { stream: 'many-2', expected: 3, actual: 0 },
+    });
+    expect(await s.streamInfo('many-1')).toBeUndefined();
+
+    const log = await s.asChangeLog().read(before, 100);
+    expect(log.map((e) => (e.after as { stream: string }).stream).sort()).toEqual(
+      [...Array.from({ length: 8 }, (_, i) => [`new-${i}`, `new-${i}`]).flat(), 'race-1'].sort(),
+    );
+    for (let i = 1; i < log.length; i++) expect(log[i]!.offset).toBeGreaterThan(log[i - 1]!.offset!);
+    // Calls sent together share a transaction: at least two streams' events carry one txId.
+    const streamsByTx = new Map<unknown, Set<string>>();
+    for (const e of log) {
+      const set = streamsByTx.get(e.txId) ?? new Set<string>();
+      set.add((e.after as { stream: string }).stream);
+      streamsByTx.set(e.txId, set);
+    }
+    expect(Math.max(...[...streamsByTx.values()].map((set) => set.size))).toBeGreaterThan(1);
+
+    // jsonb refuses a NUL character: the server fails the whole transaction, and each call is
+    // redone alone, so only the bad one fails.
+    const again = await Promise.allSettled([
+      s.append('fine-1', [{ type: 'B', data: {} }]),
+      s.append('bad-1', [{ type: 'B', data: { text: 'a\u0000b' } }]),
+      s.append('fine-2', [{ type: 'B', data: {} }]),
+    ]);
+    expect(again.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect(failure(again[1])).toMatchObject({ code: 'E_QUERY' });
+    expect(await s.streamInfo('bad-1')).toBeUndefined();
+    expect((await s.readStream('fine-2')).map((e) => e.type)).toEqual(['B']);
   });
 
   it('refuses a driver that is not a PostgreSQL driver, and bad options, at construction', () => {

@@ -22,13 +22,24 @@
  * names the one that does: `blockedBy()`.
  *
  * The writing transaction's id (`xid8`) is kept with each event as the change-log `txId`.
+ *
+ * Appends outside a caller's transaction take one round trip: a PL/pgSQL function (created by
+ * `migrate()`) locks the streams, checks expected versions, deleted streams and given ids, takes
+ * the reservation above, inserts the events and moves the streams on, in the statement's implicit
+ * transaction. Calls made in the same turn of the event loop, or while four are running, are sent
+ * together when their streams are distinct: one transaction and one commit (one WAL flush) for
+ * all, yet each call succeeds or fails on its own. A call whose given id is already stored, or
+ * whose group the server refused as a whole, is redone alone through the transactional path.
  */
+import { performance } from 'node:perf_hooks';
 import { withTimeout } from '../../core/async.js';
 import type { Clock, TimerHandle } from '../../core/clock.js';
 import { type Duration, parseDuration } from '../../core/duration.js';
-import { ConfigError } from '../../core/errors.js';
+import { ConfigError, isStrataError } from '../../core/errors.js';
 import { reportBackgroundError, type SqlFragment, type SqlTransaction, sql } from '../../core/sql.js';
 import {
+  type DirectOutcome,
+  type DirectUnit,
   type EventRowInput,
   type EventStoreEngine,
   type EventStoreOptions,
@@ -114,12 +125,15 @@ export interface PostgresEventStore extends EventStore {
  * option when an option is invalid.
  *
  * Two processes appending to one stream with the same expected version are decided by the
- * stream's row lock: the second waits for the first, then gets `E_VERSION_CONFLICT`. Watchers are
+ * stream's row lock: the second waits for the first, then gets `E_VERSION_CONFLICT`. Concurrent
+ * appends through one store on distinct streams may commit in one transaction (see above); the
+ * events of one call always commit together and nothing of a failed call is written. Watchers are
  * woken at once by appends through this store, and by `LISTEN`/`NOTIFY` (on one connection
  * taken from the driver's pool while anyone watches, reconnected on failure) for appends by
- * other processes. The notification is sent right after the append commits, coalesced per store:
- * a `NOTIFY` inside the append's transaction would make PostgreSQL serialize every notifying
- * commit, cutting concurrent append throughput about threefold.
+ * other processes. The notification is sent right after the append commits, coalesced per store
+ * (during a burst of appends, at most one every 5 ms): a `NOTIFY` inside the append's transaction
+ * would make PostgreSQL serialize every notifying commit, cutting concurrent append throughput
+ * about threefold.
  */
 export function createPostgresEventStore(options: PostgresEventStoreOptions): PostgresEventStore {
   const opts = (options ?? {}) as PostgresEventStoreOptions;
@@ -190,6 +204,7 @@ class PostgresEventEngine implements EventStoreEngine {
   readonly #streams: SqlFragment;
   readonly #sequence: string;
   readonly #headFunction: string;
+  readonly #appendFunction: string;
   /** The lock namespace (advisory lock class) of this store's reservations, unsigned. */
   readonly #namespace: number;
   readonly #channel: string;
@@ -199,7 +214,13 @@ class PostgresEventEngine implements EventStoreEngine {
   #holder: { key: string; seenAt: number; warned: boolean } | undefined;
   #notifying = false;
   #notifyAgain = false;
+  /** When the last NOTIFY was sent (`performance.now()`: a rate limit on the wire, not store time). */
+  #lastNotify = Number.NEGATIVE_INFINITY;
   #listener: Listener | undefined;
+  /** Direct appends waiting for a connection; see `appendDirect`. */
+  readonly #queue: QueuedUnit[] = [];
+  #running = 0;
+  #pumpScheduled = false;
 
   constructor(
     readonly driver: PostgresDriver,
@@ -215,6 +236,7 @@ class PostgresEventEngine implements EventStoreEngine {
     this.#streams = sql.id(tables.streams);
     this.#sequence = `${tables.events}_position_seq`;
     this.#headFunction = `${tables.events}_head`;
+    this.#appendFunction = `${tables.events}_append`;
     this.#namespace = hash32(`strata.events:${tables.events}`);
     this.#channel = `${tables.events}`;
     this.#warnMs = o.warnMs;
@@ -300,7 +322,127 @@ class PostgresEventEngine implements EventStoreEngine {
         SELECT coalesce(max(e.position), 0) INTO head FROM ${q(events)} e WHERE e.position <= bound;
       END
       $strata$;
+      ${this.#appendFunctionSql()}
     `);
+  }
+
+  /**
+   * The direct append: one or more calls (units) in one transaction, each succeeding or failing on
+   * its own. Statuses per stream append: 0 written, 1 version conflict (the version is the
+   * stream's), 2 stream deleted, 3 a given id of its unit is stored, 4 not written because another
+   * stream of its unit failed. Positions: those of the written events, in input order.
+   */
+  #appendFunctionSql(): string {
+    const q = (name: string) => `"${name}"`;
+    const { events, streams } = this.tables;
+    return `
+      CREATE OR REPLACE FUNCTION ${q(this.#appendFunction)}(
+        a_unit int[], a_stream text[], a_expected bigint[], a_category text[], a_time bigint[],
+        a_count int[], a_lock int[],
+        e_append int[], e_id text[], e_type text[], e_data jsonb[], e_metadata jsonb[], e_schema int[],
+        g_id text[], g_unit int[],
+        OUT o_status int[], OUT o_version bigint[], OUT o_positions bigint[]
+      ) LANGUAGE plpgsql VOLATILE AS $strata$
+      DECLARE
+        v_n int := cardinality(a_stream);
+        v_k int;
+        v_version bigint;
+        v_start bigint;
+        v_deleted boolean;
+        v_created boolean[] := array_fill(false, ARRAY[v_n]);
+        v_base bigint[] := array_fill(0::bigint, ARRAY[v_n]);
+        v_start_at bigint[] := array_fill(0::bigint, ARRAY[v_n]);
+        v_was_deleted boolean[] := array_fill(false, ARRAY[v_n]);
+        v_existing int[];
+        v_failed int[] := '{}';
+        v_insert boolean := false;
+      BEGIN
+        o_status := array_fill(0, ARRAY[v_n]);
+        o_version := array_fill(0::bigint, ARRAY[v_n]);
+        o_positions := '{}';
+        -- Lock the streams in the caller's order, the order of every appender (so no deadlock),
+        -- creating missing rows so that a racing creator waits too.
+        FOREACH v_k IN ARRAY a_lock LOOP
+          LOOP
+            SELECT s.version, s.start_version, s.deleted INTO v_version, v_start, v_deleted
+              FROM ${q(streams)} s WHERE s.stream = a_stream[v_k] FOR UPDATE;
+            EXIT WHEN FOUND;
+            INSERT INTO ${q(streams)} (stream) VALUES (a_stream[v_k]) ON CONFLICT (stream) DO NOTHING;
+            IF FOUND THEN
+              v_version := 0;
+              v_start := 0;
+              v_deleted := false;
+              v_created[v_k] := true;
+              EXIT;
+            END IF;
+          END LOOP;
+          v_base[v_k] := v_version;
+          v_start_at[v_k] := v_start;
+          v_was_deleted[v_k] := v_deleted;
+        END LOOP;
+        -- Looked up after the locks: an identical append that committed meanwhile is seen here.
+        IF cardinality(g_id) > 0 THEN
+          SELECT array_agg(DISTINCT g.u) INTO v_existing FROM unnest(g_id, g_unit) AS g(id, u)
+            WHERE EXISTS (SELECT 1 FROM ${q(events)} e WHERE e.id = g.id);
+        END IF;
+        FOR v_k IN 1..v_n LOOP
+          IF a_unit[v_k] = ANY(v_existing) THEN
+            o_status[v_k] := 3;
+          ELSIF v_was_deleted[v_k] THEN
+            IF a_expected[v_k] <> -2 THEN
+              o_status[v_k] := 2;
+            ELSE
+              v_start_at[v_k] := v_base[v_k];
+            END IF;
+          ELSIF (a_expected[v_k] = -2 AND v_base[v_k] <> 0) OR (a_expected[v_k] = -3 AND v_base[v_k] = 0)
+             OR (a_expected[v_k] >= 0 AND a_expected[v_k] <> v_base[v_k]) THEN
+            o_status[v_k] := 1;
+          END IF;
+          o_version[v_k] := v_base[v_k];
+          IF o_status[v_k] <> 0 THEN
+            v_failed := v_failed || a_unit[v_k];
+          END IF;
+        END LOOP;
+        FOR v_k IN 1..v_n LOOP
+          IF a_unit[v_k] = ANY(v_failed) THEN
+            IF o_status[v_k] = 0 THEN
+              o_status[v_k] := 4;
+            END IF;
+            -- A failed call leaves nothing behind, not even the row that locked a new stream.
+            IF v_created[v_k] THEN
+              DELETE FROM ${q(streams)} s WHERE s.stream = a_stream[v_k];
+            END IF;
+          ELSE
+            o_version[v_k] := v_base[v_k] + a_count[v_k];
+            v_insert := v_insert OR a_count[v_k] > 0;
+          END IF;
+        END LOOP;
+        IF v_insert THEN
+          -- Announce the lowest position this transaction may take before it takes any.
+          PERFORM ${this.#reserve()};
+          WITH inserted AS (
+            INSERT INTO ${q(events)} (stream, version, id, type, category, data, metadata, schema_version, time)
+            SELECT a_stream[x.a], v_base[x.a] + x.n, x.id, x.type, a_category[x.a], x.data, x.metadata,
+                   x.sv, a_time[x.a]
+            FROM (
+              SELECT u.a, u.id, u.type, u.data, u.metadata, u.sv, u.ord,
+                     row_number() OVER (PARTITION BY u.a ORDER BY u.ord) AS n
+              FROM unnest(e_append, e_id, e_type, e_data, e_metadata, e_schema) WITH ORDINALITY
+                AS u(a, id, type, data, metadata, sv, ord)
+            ) x
+            WHERE o_status[x.a] = 0
+            ORDER BY x.ord
+            RETURNING position
+          )
+          SELECT coalesce(array_agg(i.position ORDER BY i.position), '{}') INTO o_positions FROM inserted i;
+        END IF;
+        UPDATE ${q(streams)} t
+          SET version = u.v, start_version = u.sv, deleted = false, updated_at = u.tm
+          FROM unnest(a_stream, o_version, v_start_at, a_time, o_status, a_count, v_was_deleted)
+            AS u(s, v, sv, tm, st, c, d)
+          WHERE t.stream = u.s AND u.st = 0 AND (u.c > 0 OR u.d);
+      END
+      $strata$;`;
   }
 
   async lockStreams(tx: SqlTransaction, streams: readonly string[]): Promise<Map<string, StreamRow>> {
@@ -358,6 +500,177 @@ class PostgresEventEngine implements EventStoreEngine {
     );
     // Positions are handed out in insertion order, which is the rows' order.
     return inserted.map((r) => r.position);
+  }
+
+  /**
+   * One round trip: the append function in an implicit transaction. Calls made while
+   * `DIRECT_CONCURRENCY` others are running wait, and those waiting on distinct streams are then
+   * sent together, one transaction and one commit for all of them.
+   */
+  appendDirect(unit: DirectUnit): Promise<DirectOutcome> {
+    return new Promise<DirectOutcome>((resolve, reject) => {
+      this.#queue.push({
+        unit,
+        streams: unit.appends.map((a) => a.stream),
+        events: unit.appends.reduce((n, a) => n + a.events.length, 0),
+        resolve,
+        reject,
+      });
+      // Once everything runnable now has run, so calls made together are sent together.
+      if (!this.#pumpScheduled) {
+        this.#pumpScheduled = true;
+        process.nextTick(() => {
+          this.#pumpScheduled = false;
+          this.#pump();
+        });
+      }
+    });
+  }
+
+  #pump(): void {
+    while (this.#running < DIRECT_CONCURRENCY && this.#queue.length > 0) {
+      const group = this.#takeGroup();
+      this.#running++;
+      void this.#runGroup(group).finally(() => {
+        this.#running--;
+        this.#pump();
+      });
+    }
+  }
+
+  /** The oldest waiting call, with the next ones on streams no earlier waiting call touches. */
+  #takeGroup(): QueuedUnit[] {
+    const group: QueuedUnit[] = [this.#queue.shift()!];
+    const taken = new Set(group[0]!.streams);
+    let events = group[0]!.events;
+    const skipped = new Set<string>();
+    for (let i = 0; i < this.#queue.length && i < GROUP_SCAN && group.length < GROUP_MAX_UNITS; ) {
+      const next = this.#queue[i]!;
+      const clash = next.streams.some((s) => taken.has(s) || skipped.has(s));
+      if (clash || events + next.events > GROUP_MAX_EVENTS) {
+        // Calls on one stream keep their order: a later one never overtakes a skipped one.
+        for (const s of next.streams) skipped.add(s);
+        i++;
+        continue;
+      }
+      this.#queue.splice(i, 1);
+      group.push(next);
+      for (const s of next.streams) taken.add(s);
+      events += next.events;
+    }
+    return group;
+  }
+
+  async #runGroup(group: readonly QueuedUnit[]): Promise<void> {
+    let outcomes: DirectOutcome[];
+    try {
+      outcomes = await this.#callAppend(group.map((g) => g.unit));
+    } catch (err) {
+      // An error from the server rolled the whole transaction back: nothing of it was written, so
+      // each call may take the transactional path, which finds its own error (or none). Without
+      // an answer (a lost connection) the outcome is unknown and the calls fail with it.
+      const server =
+        isStrataError(err) &&
+        err.code !== 'E_CONNECTION' &&
+        typeof (err.details as { sqlState?: unknown } | undefined)?.sqlState === 'string';
+      const retry =
+        server &&
+        (group.length > 1 || isStrataError(err, 'E_CONSTRAINT') || isStrataError(err, 'E_SERIALIZATION'));
+      for (const g of group) {
+        if (retry) g.resolve({ status: 'fallback' });
+        else g.reject(err);
+      }
+      return;
+    }
+    for (const [i, g] of group.entries()) g.resolve(outcomes[i]!);
+  }
+
+  async #callAppend(units: readonly DirectUnit[]): Promise<DirectOutcome[]> {
+    const unitOf: number[] = [];
+    const streams: string[] = [];
+    const expected: number[] = [];
+    const categories: string[] = [];
+    const times: number[] = [];
+    const counts: number[] = [];
+    const eAppend: number[] = [];
+    const ids: string[] = [];
+    const types: string[] = [];
+    const data: string[] = [];
+    const metadata: string[] = [];
+    const schemas: number[] = [];
+    const givenIds: string[] = [];
+    const givenUnits: number[] = [];
+    units.forEach((unit, u) => {
+      for (const a of unit.appends) {
+        unitOf.push(u);
+        streams.push(a.stream);
+        expected.push(
+          a.expected === 'any'
+            ? -1
+            : a.expected === 'no_stream'
+              ? -2
+              : a.expected === 'stream_exists'
+                ? -3
+                : a.expected,
+        );
+        categories.push(a.category);
+        times.push(unit.time);
+        counts.push(a.events.length);
+        const index = streams.length; // 1-based, as in SQL arrays
+        for (const e of a.events) {
+          eAppend.push(index);
+          ids.push(e.id);
+          types.push(e.type);
+          data.push(e.data);
+          metadata.push(e.metadata);
+          schemas.push(e.schemaVersion);
+          if (e.given) {
+            givenIds.push(e.id);
+            givenUnits.push(u);
+          }
+        }
+      }
+    });
+    // Every appender locks streams in this order.
+    const lock = streams
+      .map((_, i) => i + 1)
+      .sort((x, y) => compareStrings(streams[x - 1]!, streams[y - 1]!));
+    const { rows } = await this.driver.query<{
+      o_status: number[];
+      o_version: number[];
+      o_positions: number[];
+    }>(
+      sql`select o_status, o_version, o_positions from ${sql.id(this.#appendFunction)}(
+            ${unitOf}::int[], ${streams}::text[], ${expected}::bigint[], ${categories}::text[], ${times}::bigint[],
+            ${counts}::int[], ${lock}::int[], ${eAppend}::int[], ${ids}::text[], ${types}::text[],
+            ${data}::jsonb[], ${metadata}::jsonb[], ${schemas}::int[], ${givenIds}::text[], ${givenUnits}::int[])`,
+    );
+    const { o_status: status, o_version: version, o_positions: positions } = rows[0]!;
+    const outcomes: DirectOutcome[] = units.map(() => ({ status: 'appended', results: [] }));
+    let k = 0;
+    let p = 0;
+    units.forEach((unit, u) => {
+      let outcome: DirectOutcome = { status: 'appended', results: [] };
+      unit.appends.forEach((a, i) => {
+        const st = status[k]!;
+        const v = version[k]!;
+        k++;
+        if (st === 0) {
+          if (outcome.status === 'appended') {
+            outcome.results.push({ version: v, positions: positions.slice(p, p + a.events.length) });
+          }
+          p += a.events.length;
+        } else if (st === 3) {
+          outcome = { status: 'fallback' };
+        } else if (outcome.status === 'appended' && st === 1) {
+          outcome = { status: 'conflict', index: i, actual: v };
+        } else if (outcome.status === 'appended' && st === 2) {
+          outcome = { status: 'deleted', index: i };
+        }
+      });
+      outcomes[u] = outcome;
+    });
+    return outcomes;
   }
 
   async #headRow(): Promise<HeadRow> {
@@ -467,7 +780,10 @@ class PostgresEventEngine implements EventStoreEngine {
   }
 
   appended(): void {
-    // Coalesced: one NOTIFY in flight per store; appends meanwhile ask for exactly one more.
+    // Coalesced: one NOTIFY in flight per store; appends meanwhile ask for exactly one more, sent
+    // at least NOTIFY_SPACING_MS after the previous one started (each costs the server a
+    // transaction, as much as a small append). The first append after a quiet spell is announced
+    // at once; during a burst, other processes hear of appends at most that much later.
     if (this.#notifying) {
       this.#notifyAgain = true;
       return;
@@ -477,6 +793,10 @@ class PostgresEventEngine implements EventStoreEngine {
       try {
         do {
           this.#notifyAgain = false;
+          const wait = this.#lastNotify + NOTIFY_SPACING_MS - performance.now();
+          if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+          if (this.driver.closed) break;
+          this.#lastNotify = performance.now();
           await this.driver.query(sql`select pg_notify(${this.#channel}, '')`);
         } while (this.#notifyAgain && !this.driver.closed);
       } catch (err) {
@@ -496,6 +816,30 @@ class PostgresEventEngine implements EventStoreEngine {
     this.#listener?.stop();
     this.#listener = undefined;
   }
+}
+
+/** The least time between two NOTIFYs of one store. */
+const NOTIFY_SPACING_MS = 5;
+
+/** Direct appends running at once per store; more wait and are then sent together. */
+const DIRECT_CONCURRENCY = 4;
+/** At most this many calls, and this many events, go in one transaction. */
+const GROUP_MAX_UNITS = 64;
+const GROUP_MAX_EVENTS = 2000;
+/** How far down the waiting calls a group looks for ones on distinct streams. */
+const GROUP_SCAN = 256;
+
+interface QueuedUnit {
+  unit: DirectUnit;
+  streams: string[];
+  events: number;
+  resolve: (outcome: DirectOutcome) => void;
+  reject: (err: unknown) => void;
+}
+
+/** JavaScript's default sort order of strings (UTF-16 code units), which the transactional path locks in. */
+function compareStrings(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 const LISTEN_CONNECT_TIMEOUT_MS = 10_000;

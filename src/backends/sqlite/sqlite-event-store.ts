@@ -53,6 +53,9 @@ export function createSqliteEventStore(options: SqliteEventStoreOptions): EventS
   return new SqlEventStore(new SqliteEventEngine(opts.driver, tables, pollMs, clock), opts);
 }
 
+/** Rows per insert statement: 9 parameters each, well within SQLite's limit of 32,766. */
+const INSERT_CHUNK = 200;
+
 class SqliteEventEngine implements EventStoreEngine {
   readonly txColumn = undefined;
   readonly #events: SqlFragment;
@@ -142,13 +145,21 @@ class SqliteEventEngine implements EventStoreEngine {
     now: number,
   ): Promise<number[]> {
     const positions: number[] = [];
-    for (const r of rows) {
+    // Many rows per statement. One writer at a time: a statement's rows take increasing positions
+    // in the order of its VALUES, whatever order RETURNING lists them in.
+    for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
+      const chunk = rows.slice(i, i + INSERT_CHUNK);
+      const values = sql.join(
+        chunk.map(
+          (r) =>
+            sql`(${r.stream}, ${r.version}, ${r.id}, ${r.type}, ${r.category}, ${r.data}, ${r.metadata}, ${r.schemaVersion}, ${r.time})`,
+        ),
+      );
       const { rows: inserted } = await tx.query<{ position: number }>(
         sql`insert into ${this.#events} (stream, version, id, type, category, data, metadata, schema_version, time)
-            values (${r.stream}, ${r.version}, ${r.id}, ${r.type}, ${r.category}, ${r.data}, ${r.metadata}, ${r.schemaVersion}, ${r.time})
-            returning position`,
+            values ${values} returning position`,
       );
-      positions.push(inserted[0]!.position);
+      positions.push(...inserted.map((r) => r.position).sort((a, b) => a - b));
     }
     for (const s of streams) {
       await tx.query(
