@@ -82,10 +82,13 @@ function barrier(n: number): () => () => Promise<void> {
 let projections = 0;
 
 /** A balances read model; `v2` adds a deposits counter (a new column a rebuild brings in). */
-function balances(options: { name?: string; v2?: boolean; failOn?: string } = {}): Projection {
+function balances(
+  options: { name?: string; v2?: boolean; failOn?: string; streamTypes?: string[] } = {},
+): Projection {
   const name = options.name ?? `bal_${process.pid}_${projections++}`;
   return defineProjection({
     name,
+    ...(options.streamTypes === undefined ? {} : { streamTypes: options.streamTypes }),
     tables: { balances: `${name}_rows` },
     handles: ['Opened', 'Deposited', 'Withdrawn'],
     schema: (t, names) => [
@@ -574,6 +577,32 @@ function describeCqrs(name: string, setup: () => Promise<Engine & { close(): Pro
       // restart: true replays from zero even though a resumable state could exist.
       const restarted = await rebuildProjection({ projection, store, driver: engine.driver, restart: true });
       expect(restarted).toMatchObject({ resumedFrom: 0, applied: 20 });
+    });
+
+    it('rebuild of a projection limited to some stream types rebuilds exactly what its consumer sees', async () => {
+      const store = await engine.store();
+      const projection = balances({ streamTypes: ['account'] });
+      const handler = createCommandHandler({ store, decider: account });
+      const tag = uniqueName('st');
+      for (let i = 0; i < 3; i++) {
+        await handler.handle(`account-${tag}${i}`, { type: 'open', owner: 'ann' });
+        await handler.handle(`savings-${tag}${i}`, { type: 'open', owner: 'bob' });
+      }
+      const runner = createProjectionConsumer({
+        projection,
+        store,
+        driver: engine.driver,
+        lease: false,
+        pollInterval: '20ms',
+      });
+      await runner.start();
+      await runner.drained();
+      await runner.stop();
+      const table = projection.tables.balances!;
+      const consumed = await rows(engine.driver, table);
+      expect(consumed.map((r) => String(r.account).split('-')[0])).toEqual(['account', 'account', 'account']);
+      await rebuildProjection({ projection, store, driver: engine.driver, batchSize: 2 });
+      expect(await rows(engine.driver, table)).toEqual(consumed);
     });
 
     it('rebuild of an async projection moves its checkpoint, and the running consumer keeps the new table right', async () => {

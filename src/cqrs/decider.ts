@@ -5,13 +5,14 @@
  * store refuses with `E_VERSION_CONFLICT`; the handler then reloads, decides again on the fresh
  * state and retries, a bounded number of times.
  */
-import { randomUUID } from 'node:crypto';
+
 import { backoffDelay, type RetryOptions, type RetryPolicy, retryPolicy } from '../core/async.js';
 import { type Clock, sleep, systemClock } from '../core/clock.js';
 import { ConfigError, StrataError, ValidationError } from '../core/errors.js';
 import type { SqlDriver, SqlExecutor } from '../core/sql.js';
 import { isVersionConflict, versionConflictError } from '../events/event-store.js';
 import type { EventStore, ExpectedVersion, NewEvent, RecordedEvent } from '../events/types.js';
+import { uuidv7 } from '../events/uuid-v7.js';
 import {
   applyProjectionEvents,
   assertProjection,
@@ -310,7 +311,7 @@ function toNewEvents(stream: string, decided: readonly unknown[], options: Handl
         ? undefined
         : { ...options.metadata, ...e.metadata };
     // Ids are ours, not the store's, so that inline projections see the stored ids.
-    const id = e.id ?? ids?.[i] ?? randomUUID();
+    const id = e.id ?? ids?.[i] ?? uuidv7();
     return {
       type: e.type,
       data: e.data as Record<string, unknown>,

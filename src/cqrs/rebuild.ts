@@ -26,6 +26,7 @@ import {
   type SqlExecutor,
   sql,
 } from '../core/sql.js';
+import { defaultStreamType } from '../events/event-store.js';
 import type { EventStore } from '../events/types.js';
 import {
   applyProjectionEvents,
@@ -73,6 +74,11 @@ export interface RebuildOptions {
   checkpoints?: SqlCheckpointStore;
   /** The async consumer's name (default `projection.<name>`); used with `checkpoints`. */
   consumer?: string;
+  /**
+   * The store's stream type of a stream, for projections limited by `streamTypes` (default the
+   * store's default: the part before the first `-`); pass the store's own if you configured one.
+   */
+  streamType?: (stream: string) => string;
   /** Prefix of the rebuild bookkeeping table `<prefix>_projections` (default `strata`). */
   tablePrefix?: string;
   clock?: Clock;
@@ -168,14 +174,19 @@ export async function rebuildProjection(options: RebuildOptions): Promise<Rebuil
    * Replays into the shadow tables until a read comes back short: caught up with the head. Each
    * batch commits on its own, or, given `within` (the swap's transaction), inside it.
    */
+  const wanted = projection.streamTypes === undefined ? undefined : new Set(projection.streamTypes);
+  const streamType = options.streamType ?? defaultStreamType;
   const catchUp = async (within?: SqlExecutor): Promise<void> => {
     for (;;) {
       // The head first: a short read then proves nothing handled lies at or below it.
       const head = await store.head();
-      const events = await store.readAll(position, batchSize, { types: projection.handles });
-      const last = events.at(-1)?.position ?? position;
-      const next = events.length < batchSize ? Math.max(last, head, position) : last;
-      if (next === position && events.length === 0) return;
+      const read = await store.readAll(position, batchSize, { types: projection.handles });
+      // What the async consumer sees: only the stream types it follows, when it names some.
+      const events = wanted === undefined ? read : read.filter((e) => wanted.has(streamType(e.stream)));
+      // Positions move by what was read, filtered or not; a short read means caught up.
+      const last = read.at(-1)?.position ?? position;
+      const next = read.length < batchSize ? Math.max(last, head, position) : last;
+      if (next === position && read.length === 0) return;
       const batch = async (tx: SqlExecutor) => {
         const n = await applyProjectionEvents(tx, projection, events, shadow);
         await tx.query(
@@ -188,7 +199,7 @@ export async function rebuildProjection(options: RebuildOptions): Promise<Rebuil
       position = next;
       // Inside the swap, locks are held: a callback reading the live tables would wait on them.
       if (within === undefined) await report('replay', head);
-      if (events.length < batchSize) return;
+      if (read.length < batchSize) return;
     }
   };
 

@@ -96,7 +96,18 @@ export function projectionSpec(projection: Projection): ProjectionSpec {
 
   const thenSteps = (events: readonly SpecEvent[]): ProjectionThen => ({
     // biome-ignore lint/suspicious/noThenProperty: `then` is the Given/When/Then step users call.
-    then: (assert) => run(events, async (context) => assert(context)),
+    then(assert, ...thenable: unknown[]) {
+      // Awaiting the spec before `then` calls this as a thenable (resolve, reject): fail loudly
+      // instead of passing without asserting anything.
+      const reject = thenable[0];
+      if (typeof reject === 'function') {
+        (reject as (err: unknown) => void)(
+          new ConfigError('then', 'call then(assert) instead of awaiting given() or when()'),
+        );
+        return Promise.resolve();
+      }
+      return run(events, async (context) => assert(context));
+    },
     thenRows: (table, expected) =>
       run(events, async (context) => {
         const actual = await context.rows(table);

@@ -85,3 +85,12 @@ describe('projectionSpec', () => {
     );
   });
 });
+
+describe('projectionSpec awaited by mistake', () => {
+  it('rejects with E_CONFIG instead of passing without asserting', async () => {
+    const awaited = async () => {
+      await projectionSpec(balances).given([{ stream: 'account-1', type: 'Opened', data: { owner: 'ann' } }]);
+    };
+    await expect(awaited()).rejects.toMatchObject({ code: 'E_CONFIG', option: 'then' });
+  });
+});
