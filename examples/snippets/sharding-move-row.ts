@@ -13,3 +13,8 @@ export async function transferPost(router: ShardRouter, post: Post, newOwner: nu
   // whole new row there and deletes the old one (or updates in place on the same shard).
   await router.moveRow('posts', post.user_id, { ...post, user_id: newOwner });
 }
+
+export async function atStartup(router: ShardRouter) {
+  // Finishes moves a crashed process left half-done (journaled on the old shard).
+  return router.recoverMoves(); // { completed, dropped }
+}
