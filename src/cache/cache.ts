@@ -484,24 +484,33 @@ class Engine {
   }
 
   /** One entry from the shared tier; `null` when the tier could not answer. */
-  async remoteGetOne(key: string): Promise<CacheEntry | undefined | null> {
+  remoteGetOne(key: string): Promise<CacheEntry | undefined | null> {
     const l2 = this.l2;
-    if (l2 === undefined) return null;
+    if (l2 === undefined) return Promise.resolve(null);
     if (this.breakerState() === 'open') {
       this.remote!.skipped++;
-      return null;
+      return Promise.resolve(null);
     }
-    let text: string | undefined;
+    // Promise steps rather than async frames: this is the whole of a shared-tier hit.
+    let asked: Promise<string | undefined>;
     try {
-      text = await this.#bounded(l2.get(key), 'get');
-      this.#breakerFailures = 0;
+      asked = this.#bounded(l2.get(key), 'get');
     } catch (err) {
       this.#remoteFailed(err);
-      return null;
+      return Promise.resolve(null);
     }
-    const entry = text === undefined ? undefined : decodeEntry(text);
-    if (entry?.t !== undefined) await this.refreshTags([entry]);
-    return entry;
+    return asked.then(
+      (text) => {
+        this.#breakerFailures = 0;
+        const entry = text === undefined ? undefined : decodeEntry(text);
+        if (entry?.t !== undefined) return this.refreshTags([entry]).then(() => entry);
+        return entry;
+      },
+      (err: unknown) => {
+        this.#remoteFailed(err);
+        return null;
+      },
+    );
   }
 
   #remoteFailed(err: unknown): void {
@@ -781,10 +790,32 @@ class CacheView implements Cache {
           return Promise.resolve(local.v as T);
         }
       }
+      if (!e.l1Usable && e.l2 !== undefined) {
+        // Shared tier only: a hit is one remote read and a decode, without the async frames of
+        // the loading path (which takes over with what was read).
+        return e.remoteGetOne(k).then((remote) => {
+          const found = this.#foundRemote(remote ?? undefined);
+          if (found !== undefined && e.state(found.entry, e.clock.now()) === 'fresh') {
+            this.#count(found, 'fresh');
+            return (found.entry.n === 1 ? undefined : found.entry.v) as T;
+          }
+          return this.#getOrSetSlow(key, k, loader, options, { found });
+        });
+      }
       return this.#getOrSetSlow(key, k, loader, options);
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /** What `#lookup` makes of a shared-tier answer when there is no usable L1. */
+  #foundRemote(remote: CacheEntry | undefined): { entry: CacheEntry; tier: TierStats } | undefined {
+    const e = this.#e;
+    if (remote === undefined || e.state(remote, e.clock.now()) === 'gone') {
+      e.remote!.misses++;
+      return undefined;
+    }
+    return { entry: remote, tier: e.remote! };
   }
 
   async #getOrSetSlow<T>(
@@ -792,9 +823,10 @@ class CacheView implements Cache {
     k: string,
     loader: (ctx: LoaderContext) => Promise<T> | T,
     options: GetOrSetOptions = {},
+    looked?: { found: { entry: CacheEntry; tier: TierStats } | undefined },
   ): Promise<T> {
     const e = this.#e;
-    const found = await this.#lookup(k);
+    const found = looked === undefined ? await this.#lookup(k) : looked.found;
     const entry = found?.entry;
     const state = entry === undefined ? 'gone' : e.state(entry, e.clock.now());
     if (found !== undefined) this.#count(found, state);
