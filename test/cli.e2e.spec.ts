@@ -200,11 +200,7 @@ describe('strata changes', () => {
       checkpoint: number;
       head: number;
     }>;
-    expect(rows.map((r) => r.consumer).sort()).toEqual([
-      'cache-invalidation',
-      'feed-invalidation',
-      'user-stats',
-    ]);
+    expect(rows.map((r) => r.consumer).sort()).toEqual(['cache-invalidation', 'feed-events', 'user-stats']);
     for (const r of rows) expect(r.head).toBeGreaterThanOrEqual(2);
 
     // Three shards as asked; the post is in the time partitions of exactly one of them.

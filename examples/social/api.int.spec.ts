@@ -251,8 +251,9 @@ describe.each(engines)('social API on $name', (engine) => {
     const p2 = (await call('POST', `/users/${b.id}/posts`, { body: 'b1' })).body.id;
     await call('POST', `/users/${c.id}/posts`, { body: 'c1 (not followed)' });
     const p3 = (await call('POST', `/users/${a.id}/posts`, { body: 'a2' })).body.id;
-    // Other users' posts are read from replicas: eventually there. A page read before they arrive
-    // is not cached for long: the feed-invalidation consumer drops it once the replicas have them.
+    // The feed is a projection of the posts and follows: eventually there. A page read before
+    // they arrive is not cached for long: the feed-invalidation consumer drops it once the
+    // projection has applied them.
     const ids = async () =>
       (await call('GET', `/users/${reader.id}/feed?limit=10`)).body.items.map((p: { id: number }) => p.id);
     await until(async () => (await ids()).length === 3, 'the followed posts on the replicas');
@@ -268,9 +269,14 @@ describe.each(engines)('social API on $name', (engine) => {
     expect((await call('DELETE', `/users/${reader.id}/following/${b.id}`)).body).toEqual({
       unfollowed: true,
     });
-    // The first page is a TTL cache entry; a later page is always live and no longer has b's post.
-    const live = await call('GET', `/users/${reader.id}/feed?limit=1&cursor=${p3}`);
-    expect(live.body.items.map((p: { id: number }) => p.id)).toEqual([p1]);
+    // The feed is a projection: once it has applied the unfollow, b's post is gone from it (the
+    // first page is a cache entry; a later page is always read from the projection).
+    const later = async () =>
+      (await call('GET', `/users/${reader.id}/feed?limit=1&cursor=${p3}`)).body.items.map(
+        (p: { id: number }) => p.id,
+      );
+    await until(async () => (await later())[0] !== p2, 'the feed projection to apply the unfollow');
+    expect(await later()).toEqual([p1]);
   });
 
   it.skipIf(!engine.enabled)(
@@ -291,7 +297,7 @@ describe.each(engines)('social API on $name', (engine) => {
       await call('POST', `/users/${writer.id}/posts`, { body: 'second' });
       await until(
         async () => (await call('GET', `/users/${reader.id}/feed`)).body.items[0]?.body === 'second',
-        'the feed-invalidation consumer to drop the cached page',
+        'the feed projection and the feed-invalidation consumer',
       );
     },
   );
@@ -368,18 +374,21 @@ describe.each(engines)('social API on $name', (engine) => {
       'shard-s1',
       'kv',
       'write-behind',
+      'events',
+      'projection-accounts',
+      'projection-feed',
       'capture-s0',
       'capture-s1',
       'log',
       'consumer-user-stats',
-      'consumer-feed-invalidation',
+      'consumer-feed-events',
       'consumer-cache-invalidation',
       // The embedded default: one SQLite replica per shard (PostgreSQL needs replica URLs).
       ...(engine.name === 'sqlite' ? ['replica-s0-r1', 'replica-s1-r1'] : []),
     ]);
     expect(status.body.changes.consumers.map((c: { name: string }) => c.name)).toEqual([
       'user-stats',
-      'feed-invalidation',
+      'feed-events',
       'cache-invalidation',
     ]);
     expect(metrics.body).toContain('strata_figure{figure="consumer_lag_changes",series="user-stats"}');

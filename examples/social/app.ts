@@ -7,9 +7,11 @@ import { accessSync, constants, mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { ConfigError, isStrataError, type SqlDriver, StrataError } from 'strata';
+import { createSqlCheckpointStore } from 'strata/changes';
 import { type Caching, openCaching } from './caching.js';
 import { type Pipeline, startPipeline } from './changes.js';
 import { registerDashboard } from './dashboard.js';
+import { type EventSourcing, startEventSourcing } from './event-sourcing.js';
 import { errorHandler, notFoundHandler } from './http-errors.js';
 import {
   checkReplicaCount,
@@ -94,6 +96,8 @@ export interface SocialApp {
   pipeline: Pipeline | undefined;
   /** The read replica sets of the shards (`enabled` false when there are none). */
   replicas: SocialReplicas;
+  /** The event store in the meta database, the account lifecycle and the feed projection. */
+  events: EventSourcing;
   /** Stops the server and closes every engine connection. */
   close(): Promise<void>;
 }
@@ -138,6 +142,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
   let pipeline: Pipeline | undefined;
   let shardTelemetry: ShardTelemetry | undefined;
   let replicas: SocialReplicas | undefined;
+  let events: EventSourcing | undefined;
   try {
     const repo = new SocialRepository(stores);
     const telemetry = new Telemetry(options.telemetry);
@@ -166,7 +171,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
           kind: 'api',
           label: 'HTTP API',
           engine: 'fastify',
-          detail: 'users, posts, comments, likes, follows, feed',
+          detail: 'users, accounts, posts, comments, likes, follows, feed',
         },
         shards.nodes[0]!,
         {
@@ -191,6 +196,14 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
       redisUrl: options.redisUrl,
       ...(options.cacheTtl ? { ttl: options.cacheTtl } : {}),
     });
+    events = await startEventSourcing({
+      meta: stores.meta,
+      engine: stores.engine,
+      checkpoints: createSqlCheckpointStore(stores.meta),
+      cache: caching.cache,
+      telemetry,
+    });
+    repo.accounts = events.accounts;
     if (options.changes !== false) {
       pipeline = await startPipeline({
         stores,
@@ -199,6 +212,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
         dataDir,
         natsUrl: options.natsUrl,
         replicas: replicaCount,
+        events: events.store,
       });
     }
     replicas = await createSocialReplicas({
@@ -210,11 +224,13 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
     });
     const openReplicas = replicas;
     if (replicas.enabled) repo.reads = replicas;
+    const openEvents = events;
     registerRoutes(server, {
       repo,
       cache: caching.cache,
       likeCounts: caching.likeCounts,
       replicas: openReplicas,
+      accounts: openEvents.accounts,
     });
     const sharding = startShardTelemetry(stores, repo, telemetry);
     shardTelemetry = sharding;
@@ -245,6 +261,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
                 relays: pipeline.relays.map((r) => r.stats()),
                 consumers: pipeline.consumers.map((c) => c.stats()),
               },
+        events: await openEvents.status(),
       };
     });
     registerDashboard(server, telemetry);
@@ -260,6 +277,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
       caching: openCache,
       pipeline: running,
       replicas: openReplicas,
+      events: openEvents,
       engines,
       async close() {
         telemetry.stop();
@@ -269,6 +287,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
         // Pending like counts reach the shards before they close.
         await openCache.likeCounts.close();
         await running?.close();
+        await openEvents.close();
         await openCache.close();
         await stores.close();
       },
@@ -277,6 +296,7 @@ export async function createSocialApp(options: SocialAppOptions = {}): Promise<S
     await shardTelemetry?.stop().catch(() => undefined);
     await replicas?.close().catch(() => undefined);
     await pipeline?.close().catch(() => undefined);
+    await events?.close().catch(() => undefined);
     await caching?.close().catch(() => undefined);
     await stores.close();
     throw err;

@@ -6,8 +6,8 @@
  *
  * - `user-stats`: per-user counters (posts, comments, likes received, followers) in the meta
  *   database's `user_stats` table, applied idempotently by position;
- * - `feed-invalidation`: drops cached first feed pages as soon as a followed user posts or a
- *   follow changes, so the cache may keep entries long without serving stale feeds for long;
+ * - `feed-events`: turns new posts and follows into the feed's domain events in the event store
+ *   (see `feed.ts`; the feed is a projection of them, and its cache is invalidated from there);
  * - `cache-invalidation`: drops cached profiles and post pages whose rows changed.
  *
  * Posts are time-partitioned, so a shard captures each partition table (`posts_p2025_01`, and
@@ -37,10 +37,12 @@ import {
   type RelayStats,
   type SqlCheckpointStore,
 } from 'strata/changes';
+import type { EventStore } from 'strata/events';
 import type { ShardId } from 'strata/sharding';
 import type { SqliteDriver } from 'strata/sqlite';
 import { createSqliteChangeCapture, createSqliteChangeLog, createSqliteDriver } from 'strata/sqlite';
-import { feedKey, postKey, userKey } from './caching.js';
+import { postKey, userKey } from './caching.js';
+import { createFeedBridge } from './feed.js';
 import { type EmbeddedReplicas, gatedLog, openEmbeddedReplicas } from './replicas.js';
 import type { SocialShard, SocialStores } from './stores.js';
 import type { Telemetry } from './telemetry.js';
@@ -62,6 +64,8 @@ export interface PipelineOptions {
    * PostgreSQL the replicas are streaming standbys.
    */
   replicas?: number;
+  /** The app's event store: the `feed-events` consumer appends the feed's domain events to it. */
+  events?: EventStore | undefined;
 }
 
 export interface Pipeline {
@@ -312,31 +316,8 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
       }),
   });
 
-  const invalidation = createConsumer({
-    name: 'feed-invalidation',
-    log: cacheLog,
-    checkpoints,
-    tables: ['posts', 'follows'],
-    batchSize: 200,
-    pollInterval: '500ms',
-    handleBatch: async (entries) => {
-      const readers = new Set<number>();
-      const authors = new Set<number>();
-      for (const e of entries) {
-        const row = (e.op === 'delete' ? e.before : e.after) ?? {};
-        if (e.table === 'follows') readers.add(Number(row.follower_id ?? e.key.follower_id));
-        else if (e.table === 'posts' && row.user_id !== undefined) authors.add(Number(row.user_id));
-      }
-      if (authors.size > 0) {
-        // Followers live on their own shards: ask every shard.
-        const { rows } = await stores.router.scatter<{ follower_id: unknown }>(
-          sql`select follower_id from follows where followee_id in (${sql.join([...authors])})`,
-        );
-        for (const r of rows) readers.add(Number(r.follower_id));
-      }
-      if (readers.size > 0) await o.cache.deleteMany([...readers].map(feedKey));
-    },
-  });
+  // The feed's read model is built from the event store: the bridge appends its domain events.
+  const bridge = o.events === undefined ? undefined : createFeedBridge({ log, checkpoints, store: o.events });
 
   // Profiles and post pages: a changed row drops its cached pages.
   const cacheInvalidation = createCacheInvalidator({
@@ -353,7 +334,7 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     },
   });
 
-  const consumers = [stats, invalidation, cacheInvalidation];
+  const consumers = bridge === undefined ? [stats, cacheInvalidation] : [stats, bridge, cacheInvalidation];
   try {
     await relay.start();
     for (const c of consumers) await c.start();
@@ -403,19 +384,21 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
       { from: 'consumer-user-stats', to: 'db', label: 'counters' },
     ],
   );
-  o.telemetry.addToTopology(
-    {
-      id: 'consumer-feed-invalidation',
-      kind: 'consumer',
-      label: 'feed-invalidation',
-      engine: 'consumer',
-      detail: 'drops cached feed pages',
-    },
-    [
-      { from: 'log', to: 'consumer-feed-invalidation', label: 'posts, follows' },
-      { from: 'consumer-feed-invalidation', to: 'kv', label: 'drop feed pages' },
-    ],
-  );
+  if (bridge !== undefined) {
+    o.telemetry.addToTopology(
+      {
+        id: 'consumer-feed-events',
+        kind: 'consumer',
+        label: 'feed-events',
+        engine: 'consumer',
+        detail: 'posts, follows as events',
+      },
+      [
+        { from: 'log', to: 'consumer-feed-events', label: 'posts, follows' },
+        { from: 'consumer-feed-events', to: 'events', label: 'post_published, ...' },
+      ],
+    );
+  }
   o.telemetry.addToTopology(
     {
       id: 'consumer-cache-invalidation',

@@ -33,6 +33,7 @@ interface DashboardHook {
   status(): string;
   nodes(): string[];
   replicas(): Array<{ id: string; status: string; lag: string; seconds: string; share: string }>;
+  eventStore(): { head: number | undefined; rows: Array<{ name: string; mode: string; position: string }> };
 }
 
 // The browser globals the page functions below use; the project compiles without the DOM lib.
@@ -112,7 +113,10 @@ describe.skipIf(!hasChromium)('dashboard in a real browser', () => {
       'capture-s1': 'change capture s1',
       log: 'change log',
       'consumer-user-stats': 'user-stats',
-      'consumer-feed-invalidation': 'feed-invalidation',
+      'consumer-feed-events': 'feed-events',
+      events: 'event store',
+      'projection-feed': 'feed projection',
+      'projection-accounts': 'accounts projection',
     };
     for (const [id, label] of Object.entries(labels)) {
       const node = svg.locator(`g.node[data-id="${id}"]`);
@@ -215,6 +219,53 @@ describe.skipIf(!hasChromium)('dashboard in a real browser', () => {
         's1/r1',
       ]);
     }
+  });
+
+  it('shows the event store: its head, the projections with their lag, and lag charts', async () => {
+    const card = page.locator('#events');
+    await card.waitFor({ state: 'visible', timeout: WAIT_MS });
+    expect(await card.locator('h2').textContent()).toBe('Event store');
+    // The simulator's posts and follows become feed events: the head moves past zero.
+    await page.waitForFunction(() => (window.__strataDashboard?.eventStore().head ?? 0) > 0, null, wait);
+    expect(await page.locator('#events-now').textContent()).toMatch(/^head \d[\d.k]* · 2 projections$/);
+    const rows = card.locator('tbody tr');
+    expect(await rows.locator('th').allTextContents()).toEqual(['accounts', 'feed']);
+    expect(await rows.nth(0).locator('td').nth(0).textContent()).toBe('inline');
+    expect(await rows.nth(1).locator('td').nth(0).textContent()).toBe('async');
+    expect(await rows.nth(1).locator('td').nth(1).getAttribute('data-state')).toMatch(/^(ok|degraded|down)$/);
+    expect(await rows.nth(1).locator('td').nth(3).textContent()).toMatch(/^\d/);
+    // Users registered through the API: the accounts projection has applied some events.
+    await page.waitForFunction(
+      () =>
+        (window.__strataDashboard?.eventStore().rows ?? []).some(
+          (r) => r.name === 'accounts' && r.position !== '0',
+        ),
+      null,
+      wait,
+    );
+    const svg = page.locator('#topology svg');
+    expect(await svg.locator('g.node[data-id="events"]').getAttribute('data-kind')).toBe('store');
+    expect(await svg.locator('g.node[data-id="projection-feed"]').getAttribute('data-kind')).toBe('view');
+    expect(await svg.locator('path.edge[data-from="events"][data-to="projection-feed"]').count()).toBe(1);
+    expect(await svg.locator('path.edge[data-from="consumer-feed-events"][data-to="events"]').count()).toBe(
+      1,
+    );
+    const panels = [
+      'figure:Projection lag (events)',
+      'figure:Projection lag (seconds)',
+      'figure:Event store positions',
+    ];
+    await page.waitForFunction(
+      (ids) => ids.every((id) => (window.__strataDashboard?.points()[id] ?? 0) > 0),
+      panels,
+      wait,
+    );
+    expect(
+      await page.evaluate(() => window.__strataDashboard!.series()['figure:Projection lag (events)']),
+    ).toEqual(['accounts', 'feed']);
+    expect(
+      await page.evaluate(() => window.__strataDashboard!.series()['figure:Event store positions']),
+    ).toEqual(['head', 'accounts', 'feed']);
   });
 
   it('resizes the charts with the window', async () => {

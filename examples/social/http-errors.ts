@@ -17,6 +17,11 @@ const STATUS_BY_CODE: Record<string, number> = {
   E_VALIDATION: 400,
   E_NOT_FOUND: 404,
   E_CONFLICT: 409,
+  // The account's lifecycle: a command that does not apply to its state, a write while suspended.
+  E_ACCOUNT_STATE: 409,
+  E_ACCOUNT_SUSPENDED: 403,
+  // Another writer kept changing the account stream through every retry.
+  E_VERSION_CONFLICT: 409,
   // A rule the database enforces that the API did not check first: still the client's conflict.
   E_CONSTRAINT: 409,
   // Transient contention: the same request may succeed when retried.

@@ -20,6 +20,7 @@ import {
   ValidationError,
 } from 'strata';
 import type { ShardHandle, ShardId } from 'strata/sharding';
+import { feedItems } from './feed.js';
 import type { SocialStores } from './stores.js';
 
 export interface User {
@@ -71,6 +72,17 @@ export type ReadConsistency = 'strong' | 'eventual' | { readonly session: string
 export interface ShardReads {
   /** Runs `fn` on the node of `shard` that `consistency` chooses. */
   read<T>(shard: ShardId, consistency: ReadConsistency, fn: (db: SqlExecutor) => Promise<T>): Promise<T>;
+}
+
+/**
+ * The account lifecycle as the repository sees it (`Accounts` in `accounts.ts`): the stream is
+ * brought in line with a user row after each write of it, and writes by suspended users refused.
+ */
+export interface AccountHooks {
+  /** Records what the stream does not know of `user` yet (registration, a new email). */
+  sync(user: User): Promise<unknown>;
+  /** `E_ACCOUNT_SUSPENDED` when `userId` may not post or comment now. */
+  assertActive(userId: number): Promise<void>;
 }
 
 /** Row counts of the sharded tables. */
@@ -152,22 +164,6 @@ function chunks<T>(items: readonly T[], size: number): T[][] {
   return out;
 }
 
-/** Merges lists each sorted by id descending into one, newest first, stopping after `limit`. */
-function mergeNewestFirst<T extends { id: number }>(lists: readonly T[][], limit: number): T[] {
-  const out: T[] = [];
-  const heads = lists.map(() => 0);
-  while (out.length < limit) {
-    let best = -1;
-    for (let i = 0; i < lists.length; i++) {
-      const head = lists[i]![heads[i]!];
-      if (head !== undefined && (best < 0 || head.id > lists[best]![heads[best]!]!.id)) best = i;
-    }
-    if (best < 0) break;
-    out.push(lists[best]![heads[best]!++]!);
-  }
-  return out;
-}
-
 /** The unique field a unique violation is about: by the index or users column it names. */
 function uniqueField(err: unknown): UniqueField | 'unknown' | undefined {
   if (!isStrataError(err, 'E_CONSTRAINT')) return undefined;
@@ -187,6 +183,8 @@ function userConflict(err: unknown): unknown {
 export class SocialRepository {
   /** Where reads that name a consistency other than `strong` go (set by the app once its replicas run). */
   reads: ShardReads | undefined;
+  /** The account lifecycle (set by the app once its event store is open). */
+  accounts: AccountHooks | undefined;
 
   constructor(
     readonly stores: SocialStores,
@@ -308,7 +306,13 @@ export class SocialRepository {
     }
   }
 
-  /** Creates a user; `E_CONFLICT` when the email or handle is taken on any shard. */
+  /**
+   * Creates a user; `E_CONFLICT` when the email or handle is taken on any shard. The user row
+   * is written first, then the account's `registered` event: when the append fails, the row and
+   * the claims are removed again (compensation), so no user is left without an account stream
+   * and no `registered` event without a user, but for a crash or an append that committed and
+   * reported a failure (see `accounts.ts`).
+   */
   async createUser(input: {
     handle: string;
     email: string;
@@ -319,8 +323,9 @@ export class SocialRepository {
     const now = this.now();
     const keys = { email: input.email, handle: input.handle };
     await this.#claim(id, keys);
+    let user: User;
     try {
-      return await this.#write(id, async ({ driver }) => {
+      user = await this.#write(id, async ({ driver }) => {
         const { rows } = await driver.query(
           sql`insert into users (id, handle, email, name, bio, created_at, updated_at)
               values (${id}, ${input.handle}, ${input.email}, ${input.name}, ${input.bio ?? ''}, ${now}, ${now})
@@ -332,6 +337,18 @@ export class SocialRepository {
       await this.#release(id, keys);
       throw userConflict(err);
     }
+    if (this.accounts !== undefined) {
+      try {
+        await this.accounts.sync(user);
+      } catch (err) {
+        await this.#write(id, ({ driver }) => driver.query(sql`delete from users where id = ${id}`)).catch(
+          () => undefined,
+        );
+        await this.#release(id, keys);
+        throw err;
+      }
+    }
+    return user;
   }
 
   /** The user with `id`, read at `consistency` (default `strong`); `E_NOT_FOUND` when there is none. */
@@ -379,12 +396,19 @@ export class SocialRepository {
     // The old address is free once the row no longer holds it; a failure here leaves an orphan
     // index row, which a later claim of that address reclaims.
     await this.#release(id, { email: previous });
+    // The account stream records the change after the row holds it; should the append fail, the
+    // next sync of the account (a retried PATCH, a suspension) records it.
+    await this.accounts?.sync(user);
     return user;
   }
 
-  /** Publishes a post by `userId`; `E_NOT_FOUND` when the user does not exist. */
+  /**
+   * Publishes a post by `userId`; `E_NOT_FOUND` when the user does not exist, `E_ACCOUNT_SUSPENDED`
+   * while the account is suspended.
+   */
   async createPost(userId: number, body: string): Promise<Post> {
     await this.#requireUserAnywhere(userId);
+    await this.accounts?.assertActive(userId);
     const id = this.stores.ids.next();
     const createdAt = this.#postTime(id);
     await this.#meta.query(sql`insert into post_owners (post_id, user_id) values (${id}, ${userId})`);
@@ -438,10 +462,14 @@ export class SocialRepository {
     });
   }
 
-  /** Adds a comment; `E_NOT_FOUND` when the post or the user does not exist. */
+  /**
+   * Adds a comment; `E_NOT_FOUND` when the post or the user does not exist, `E_ACCOUNT_SUSPENDED`
+   * while the commenter's account is suspended.
+   */
   async addComment(postId: number, userId: number, body: string): Promise<Comment> {
     const owner = await this.#postOwner(postId);
     await this.#requireUserAnywhere(userId);
+    await this.accounts?.assertActive(userId);
     const id = this.stores.ids.next();
     const postTime = this.#postTime(postId);
     return this.#write(owner, ({ driver }) =>
@@ -600,39 +628,54 @@ export class SocialRepository {
   }
 
   /**
-   * Posts of the users `userId` follows, newest first; `E_NOT_FOUND` when the user does not
-   * exist. The followees come from the reader's shard, read at `consistency` (default
-   * `strong`); their posts (other users' data) from one query per shard that holds some of them,
-   * `eventual` unless `consistency` is `strong`, merged by id (ids are time-ordered across shards).
+   * The feed of `userId`: posts of the users they follow, newest first, from the `feed`
+   * projection's `feed_items` (eventually consistent: a post appears once the projection has
+   * applied it); `E_NOT_FOUND` when the user does not exist. The reader is checked on their
+   * shard at `consistency` (default `strong`); the posts themselves (other users' data, with
+   * their current like and comment counts) are read from their authors' shards, `eventual`
+   * unless `consistency` is `strong`, and from the primary when a replica does not have them yet.
    */
   async feed(userId: number, req: PageRequest, consistency: ReadConsistency = 'strong'): Promise<Page<Post>> {
     const { id: own } = await this.#shard(userId);
-    const rows = await this.#readShard(own, consistency, async (db) => {
-      await this.#requireUser(db, userId);
-      const result = await db.query<{ followee_id: unknown }>(
-        sql`select followee_id from follows where follower_id = ${userId}`,
-      );
-      return result.rows;
-    });
-    if (rows.length === 0) return { items: [], nextCursor: null };
-    const groups = await this.stores.router.groupByShard(rows.map((r) => Number(r.followee_id)));
+    await this.#readShard(own, consistency, (db) => this.#requireUser(db, userId));
+    const items = await feedItems(this.#meta, userId, req.limit + 1, req.cursor);
+    if (items.length === 0) return { items: [], nextCursor: null };
     const others: ReadConsistency = consistency === 'strong' ? 'strong' : 'eventual';
+    const found = await this.#postsById(items, others);
+    if (others !== 'strong' && found.size < items.length) {
+      const missing = items.filter((i) => !found.has(i.postId));
+      for (const [postId, post] of await this.#postsById(missing, 'strong')) found.set(postId, post);
+    }
+    const page = items.slice(0, req.limit);
+    // A post the shards do not have (never committed) is left out of the page.
+    const posts = page.map((i) => found.get(i.postId)).filter((p): p is Post => p !== undefined);
+    return { items: posts, nextCursor: items.length > req.limit ? page.at(-1)!.postId : null };
+  }
+
+  /** The posts of `items` by id, one query per shard and chunk, at `consistency`. */
+  async #postsById(
+    items: ReadonlyArray<{ postId: number; authorId: number }>,
+    consistency: ReadConsistency,
+  ): Promise<Map<number, Post>> {
+    const byAuthor = new Map<number, number[]>();
+    for (const i of items) byAuthor.set(i.authorId, [...(byAuthor.get(i.authorId) ?? []), i.postId]);
+    const groups = await this.stores.router.groupByShard([...byAuthor.keys()]);
     const queries: Array<Promise<Post[]>> = [];
-    for (const [shard, users] of groups) {
-      for (const chunk of chunks(users, IN_CHUNK)) {
+    for (const [shard, authors] of groups) {
+      const ids = authors.flatMap((a) => byAuthor.get(a) ?? []);
+      for (const chunk of chunks(ids, IN_CHUNK)) {
         queries.push(
-          this.#readShard(shard, others, (db) =>
+          this.#readShard(shard, consistency, (db) =>
             db
-              .query(
-                sql`select ${POST_COLUMNS} from posts where user_id in (${sql.join(chunk)}) ${before(req.cursor)}
-                    order by id desc limit ${req.limit + 1}`,
-              )
+              .query(sql`select ${POST_COLUMNS} from posts where id in (${sql.join(chunk)})`)
               .then((r) => r.rows.map(toPost)),
           ),
         );
       }
     }
-    return page(mergeNewestFirst(await Promise.all(queries), req.limit + 1), req.limit);
+    const out = new Map<number, Post>();
+    for (const list of await Promise.all(queries)) for (const p of list) out.set(p.id, p);
+    return out;
   }
 
   /**

@@ -5,6 +5,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isStrataError, type StandardSchemaV1, StrataError, validate } from 'strata';
 import type { Cache, LoaderContext, WriteBehind } from 'strata/cache';
+import type { Accounts } from './accounts.js';
 import { feedKey, postKey, userKey } from './caching.js';
 import {
   CLEAR_SESSION_COOKIE,
@@ -25,6 +26,7 @@ import {
   idParams,
   pageQuery,
   postLikeParams,
+  suspendBody,
   updateUserBody,
 } from './schemas.js';
 
@@ -39,6 +41,8 @@ export interface RouteDeps {
    * `strata_token` cookie, other users' data eventual (default: every read on the primary).
    */
   replicas?: SocialReplicas | undefined;
+  /** The account lifecycle on the event store (suspend, reinstate, history). */
+  accounts: Accounts;
 }
 
 /** Page size whose first page is cached (other sizes and later pages are always live). */
@@ -213,6 +217,34 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     return result;
   });
 
+  // The account lifecycle: commands decided on the account's event stream. The user row is read
+  // from the primary: a command must not be decided on a replica's older copy.
+  app.post('/users/:id/suspend', async (req) => {
+    const { id } = await params(idParams, req);
+    // The body is optional: no body is no reason.
+    const { reason } = await validate(suspendBody, req.body ?? {}, { subject: 'request body' });
+    const user = await repo.getUser(id);
+    return { userId: id, ...(await deps.accounts.suspend(user, reason)) };
+  });
+
+  app.post('/users/:id/reinstate', async (req) => {
+    const { id } = await params(idParams, req);
+    const user = await repo.getUser(id);
+    return { userId: id, ...(await deps.accounts.reinstate(user)) };
+  });
+
+  app.get('/users/:id/history', async (req) => {
+    const { id } = await params(idParams, req);
+    await repo.getUser(id);
+    const events = await deps.accounts.history(id);
+    return {
+      userId: id,
+      status: await deps.accounts.status(id),
+      version: events.at(-1)?.version ?? 0,
+      events,
+    };
+  });
+
   app.get('/users/:id/stats', async (req) => {
     const { id } = await params(idParams, req);
     return repo.stats(id);
@@ -222,9 +254,9 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     const { id } = await params(idParams, req);
     const page = await query(pageQuery, req);
     const read = await plan(req, reply, id);
-    // The first page at the default size is cached (cache-aside, invalidated by the change
-    // log's feed-invalidation consumer); other pages and sizes, and a user's own feed after a
-    // write of theirs, are read live.
+    // The first page at the default size is cached (cache-aside, invalidated by the
+    // feed-invalidation consumer once the feed projection has applied a change); other pages and
+    // sizes, and a user's own feed after a write of theirs, are read from the projection live.
     if (page.cursor !== undefined || page.limit !== CACHED_FEED_LIMIT || read.own || read.refused) {
       return repo.feed(id, page, read.consistency);
     }

@@ -55,3 +55,6 @@ export const createCommentBody = z.strictObject({
   userId: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
   body: text(1_000),
 });
+
+/** `POST /users/:id/suspend`: an optional reason, kept in the `suspended` event. */
+export const suspendBody = z.strictObject({ reason: z.string().max(200).default('') });

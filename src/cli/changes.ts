@@ -173,7 +173,8 @@ async function runConsumers(flags: ConsumersFlags, io: CliIo): Promise<number> {
         );
       return 0;
     }
-    const consumers = await checkpoints.consumers();
+    // Projections follow the event store, not the change log: `strata projections status` lists them.
+    const consumers = (await checkpoints.consumers()).filter((c) => !c.consumer.startsWith('projection.'));
     let head: number | undefined;
     try {
       log = await openLog(flags.log ?? (await defaultLog(flags.dataDir, io.env)));

@@ -343,6 +343,9 @@ export function createProjectionConsumer(options: ProjectionConsumerOptions): Pr
   const checkpoints = given ?? createSqlCheckpointStore(driver);
   const target = projectionTarget(projection);
   const consumer = createConsumer({
+    // One batch at a time unless asked: a projection whose apply reads rows that other streams'
+    // events write (a join, a fan-out) would miss another batch's uncommitted rows.
+    concurrency: 1,
     ...rest,
     name,
     log: store.asChangeLog(),

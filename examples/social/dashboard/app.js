@@ -730,6 +730,60 @@ function renderReplicas() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Event store: its head and a table of the projections from the newest tick's figures
+
+const PROJECTION_STATE_TEXT = { ok: 'running', degraded: 'behind or failing', down: 'stopped' };
+
+/** The event store's head and the projections table rows, from a tick's figures and the topology. */
+function eventStoreView(tick) {
+  const figures = tick?.figures ?? {};
+  const head = figures.event_store_head?.head;
+  const positions = figures.projection_position ?? {};
+  const lag = figures.projection_lag_events ?? {};
+  const seconds = figures.projection_lag_seconds ?? {};
+  const rows = Object.keys(positions)
+    .sort()
+    .map((name) => {
+      const node = state.topology.nodes.find((n) => n.id === `projection-${name}`);
+      const inline = (node?.detail ?? '').startsWith('inline');
+      const status = inline ? 'ok' : (node?.status ?? 'ok');
+      return {
+        name,
+        mode: inline ? 'inline' : 'async',
+        status,
+        state: inline ? 'in the append' : (PROJECTION_STATE_TEXT[status] ?? status),
+        position: positions[name] === undefined ? '–' : compact(positions[name]),
+        lag: lag[name] === undefined ? '–' : compact(lag[name]),
+        seconds: formatValue('s', seconds[name]),
+      };
+    });
+  return { head, rows };
+}
+
+function renderEventStore() {
+  const card = document.getElementById('events');
+  const view = eventStoreView(state.ticks.at(-1));
+  card.hidden = view.head === undefined && view.rows.length === 0;
+  if (card.hidden) return;
+  document.getElementById('events-rows').replaceChildren(
+    ...view.rows.map((r) => {
+      const tr = el('tr', { 'data-projection': r.name });
+      tr.append(
+        el('th', { scope: 'row' }, r.name),
+        el('td', {}, r.mode),
+        el('td', { class: 'state', 'data-state': r.status }, r.state),
+        el('td', { class: 'num' }, r.position),
+        el('td', { class: 'num' }, r.lag),
+        el('td', { class: 'num' }, r.seconds),
+      );
+      return tr;
+    }),
+  );
+  document.getElementById('events-now').textContent =
+    `head ${view.head === undefined ? '–' : compact(view.head)} · ${view.rows.length} projection${view.rows.length === 1 ? '' : 's'}`;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Header: connection status and uptime
 
 const STATUS_TEXT = {
@@ -813,6 +867,7 @@ function connect() {
     renderTopology();
     syncPanels();
     renderReplicas();
+    renderEventStore();
     everySecond();
   });
   source.addEventListener('tick', (event) => {
@@ -823,6 +878,7 @@ function connect() {
     trimWindow();
     renderCharts();
     renderReplicas();
+    renderEventStore();
   });
   source.addEventListener('topology', (event) => {
     const topology = parse(event);
@@ -831,6 +887,7 @@ function connect() {
     state.topology = topology;
     renderTopology();
     renderReplicas();
+    renderEventStore();
   });
   source.addEventListener('figures', (event) => {
     const figures = parse(event);
@@ -848,6 +905,7 @@ window.__strataDashboard = {
   status: () => state.status,
   nodes: () => state.topology.nodes.map((n) => n.id),
   replicas: () => replicaRows(state.ticks.at(-1)),
+  eventStore: () => eventStoreView(state.ticks.at(-1)),
 };
 
 syncPanels();
