@@ -1,8 +1,7 @@
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { projections } from '../../test/fixtures/cli-projections.js';
-import { services, tempDir } from '../../test/helpers.js';
+import { runCliInProcess, services, tempDir } from '../../test/helpers.js';
 import { createPostgresDriver } from '../backends/postgres/postgres-driver.js';
 import { createPostgresEventStore } from '../backends/postgres/postgres-event-store.js';
 import { createPostgresTestDatabase } from '../backends/postgres/postgres-test-database.js';
@@ -10,32 +9,8 @@ import { createSqliteDriver } from '../backends/sqlite/sqlite-driver.js';
 import { createSqliteEventStore } from '../backends/sqlite/sqlite-event-store.js';
 import { createProjectionConsumer } from '../cqrs/projection.js';
 import type { EventStore } from '../events/types.js';
-import type { CliIo } from './output.js';
-import { run } from './program.js';
 
-/** Runs `strata ...` in this process; resolves with the exit code and what it printed. */
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const sink = (write: (s: string) => void) =>
-    new Writable({
-      write(chunk, _encoding, done) {
-        write(String(chunk));
-        done();
-      },
-    });
-  const io: CliIo = {
-    stdout: sink((s) => {
-      stdout += s;
-    }),
-    stderr: sink((s) => {
-      stderr += s;
-    }),
-    env: {},
-  };
-  const code = await run(['node', 'strata', ...args], io);
-  return { code, stdout, stderr };
-}
+const cli = (args: string[]) => runCliInProcess(args);
 
 const cleanups: Array<() => unknown> = [];
 afterAll(async () => {

@@ -1,52 +1,15 @@
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { Command } from 'commander';
 import { afterAll, describe, expect, it } from 'vitest';
-import { env, services, tempDir } from '../../test/helpers.js';
+import { env, runCliInProcess, services, tempDir } from '../../test/helpers.js';
 import { createSqliteChangeLog } from '../backends/sqlite/sqlite-change-log.js';
 import { createSqliteChangeCapture } from '../backends/sqlite/sqlite-change-source.js';
 import { createSqliteDriver } from '../backends/sqlite/sqlite-driver.js';
 import { createSqliteReplica } from '../backends/sqlite/sqlite-replica.js';
 import { createRelay } from '../changes/relay.js';
 import type { ReplicaSetStats } from '../replication/replica-set.js';
-import { type CliIo, describeFailure } from './output.js';
-import { formatLag, registerReplicas } from './replicas.js';
+import { formatLag } from './replicas.js';
 
-/** Runs `strata replicas ...` in this process; resolves with the exit code and what it printed. */
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const sink = (write: (s: string) => void) =>
-    new Writable({
-      write(chunk, _encoding, done) {
-        write(String(chunk));
-        done();
-      },
-    });
-  const io: CliIo = {
-    stdout: sink((s) => {
-      stdout += s;
-    }),
-    stderr: sink((s) => {
-      stderr += s;
-    }),
-    env: {},
-  };
-  const program = new Command('strata').exitOverride();
-  program.configureOutput({ writeOut: (t) => io.stdout.write(t), writeErr: (t) => io.stderr.write(t) });
-  registerReplicas(program, io);
-  process.exitCode = undefined;
-  try {
-    await program.parseAsync(['node', 'strata', 'replicas', ...args]);
-    const code = typeof process.exitCode === 'number' ? process.exitCode : 0;
-    return { code, stdout, stderr };
-  } catch (err) {
-    const failure = describeFailure(err);
-    return { code: failure.exitCode, stdout, stderr: stderr + failure.text };
-  } finally {
-    process.exitCode = undefined;
-  }
-}
+const cli = (args: string[]) => runCliInProcess(['replicas', ...args]);
 
 const dirs: Array<{ remove: () => void }> = [];
 afterAll(() => {

@@ -359,3 +359,13 @@ export function reportBackgroundError(source: string, err: unknown): void {
     ...(detail === undefined ? {} : { detail }),
   });
 }
+
+/** A stable 32-bit unsigned key from a name (FNV-1a), e.g. for PostgreSQL advisory locks. */
+export function nameHash32(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}

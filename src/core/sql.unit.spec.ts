@@ -4,6 +4,7 @@ import {
   compileSql,
   configIdentifier,
   defaultCapabilities,
+  nameHash32,
   quoteIdentifierStandard,
   type SqlDialect,
   sql,
@@ -82,5 +83,13 @@ describe('the sql template', () => {
     }
     expect(err).toMatchObject({ code: 'E_CONFIG', option: 'changes.table' });
     expect(configIdentifier('posts', 'changes.table')).toBe('posts');
+  });
+});
+
+describe('nameHash32', () => {
+  it('is 32-bit FNV-1a: the published test vectors', () => {
+    expect(nameHash32('')).toBe(0x811c9dc5);
+    expect(nameHash32('a')).toBe(0xe40c292c);
+    expect(nameHash32('foobar')).toBe(0xbf9cf968);
   });
 });

@@ -24,6 +24,7 @@ import { ConfigError } from '../core/errors.js';
 import {
   configIdentifier,
   isSqlFragment,
+  nameHash32,
   type SqlDriver,
   type SqlExecutor,
   type SqlFragment,
@@ -215,16 +216,7 @@ export async function migrateProjections(
 // transaction-scoped advisory lock from the start of their transaction, before the append takes
 // its place in the global log; a rebuild's swap takes it exclusively. Holding it, the swap knows
 // no inline writer is in flight, and no blocked writer holds readers of the log back.
-const LOCK_NAMESPACE = hash32('strata.projection') | 0;
-
-function hash32(text: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
-}
+const LOCK_NAMESPACE = nameHash32('strata.projection') | 0;
 
 /**
  * Takes the projections' inline-writer fence in `executor`'s transaction: shared for writers,
@@ -238,7 +230,7 @@ export async function lockProjections(
   // Advisory locks are PostgreSQL's; SQLite's write lock already admits one writer at a time.
   if (executor.dialect.name !== 'postgres') return;
   const fn = sql.raw(mode === 'shared' ? 'pg_advisory_xact_lock_shared' : 'pg_advisory_xact_lock');
-  const keys = [...new Set(projections.map((p) => hash32(p.name) | 0))].sort((a, b) => a - b);
+  const keys = [...new Set(projections.map((p) => nameHash32(p.name) | 0))].sort((a, b) => a - b);
   for (const key of keys) await executor.query(sql`select ${fn}(${LOCK_NAMESPACE}::int4, ${key}::int4)`);
 }
 

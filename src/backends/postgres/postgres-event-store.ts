@@ -36,7 +36,13 @@ import { withTimeout } from '../../core/async.js';
 import type { Clock, TimerHandle } from '../../core/clock.js';
 import { type Duration, parseDuration } from '../../core/duration.js';
 import { ConfigError, isStrataError } from '../../core/errors.js';
-import { reportBackgroundError, type SqlFragment, type SqlTransaction, sql } from '../../core/sql.js';
+import {
+  nameHash32,
+  reportBackgroundError,
+  type SqlFragment,
+  type SqlTransaction,
+  sql,
+} from '../../core/sql.js';
 import {
   type DirectOutcome,
   type DirectUnit,
@@ -179,16 +185,6 @@ class PostgresEventStoreImpl extends SqlEventStore implements PostgresEventStore
   }
 }
 
-/** FNV-1a: a stable 32-bit lock namespace from a name. */
-function hash32(text: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
-}
-
 interface HeadRow {
   /** The highest position readers may read up to (it may be a rolled-back, empty position). */
   bound: number;
@@ -237,7 +233,7 @@ class PostgresEventEngine implements EventStoreEngine {
     this.#sequence = `${tables.events}_position_seq`;
     this.#headFunction = `${tables.events}_head`;
     this.#appendFunction = `${tables.events}_append`;
-    this.#namespace = hash32(`strata.events:${tables.events}`);
+    this.#namespace = nameHash32(`strata.events:${tables.events}`);
     this.#channel = `${tables.events}`;
     this.#warnMs = o.warnMs;
     this.#onWarning = o.onWarning;
@@ -258,7 +254,7 @@ class PostgresEventEngine implements EventStoreEngine {
     const { events, streams, snapshots } = this.tables;
     const q = (name: string) => `"${name}"`;
     // Concurrent `create ... if not exists` can still collide in the catalog: take turns.
-    await tx.query(`select pg_advisory_xact_lock(${hash32(`strata.events.migrate:${events}`) | 0}, 0)`);
+    await tx.query(`select pg_advisory_xact_lock(${nameHash32(`strata.events.migrate:${events}`) | 0}, 0)`);
     await tx.exec(`
       CREATE SEQUENCE IF NOT EXISTS ${q(this.#sequence)} AS bigint CACHE 1;
       CREATE TABLE IF NOT EXISTS ${q(events)} (
