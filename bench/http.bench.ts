@@ -12,7 +12,8 @@ import { type Benchmark, type BenchRow, withRatios } from './harness.js';
 interface Target {
   url: string;
   users: number;
-  firstId?: number;
+  /** The seeded user ids (snowflake ids: not consecutive). */
+  ids?: number[];
 }
 
 async function startTarget(kind: 'social' | 'bare'): Promise<{ target: Target; child: ChildProcess }> {
@@ -43,7 +44,7 @@ async function load(
   seconds: number,
 ): Promise<{ rps: number; p50: number; p99: number; errors: number }> {
   let n = 0;
-  const first = c.target.firstId ?? 1;
+  const ids = c.target.ids ?? [1];
   const result = await autocannon({
     url: c.target.url,
     connections: 32,
@@ -54,8 +55,8 @@ async function load(
         method: 'GET',
         setupRequest: (req) => {
           // Spread reads over all seeded users, the same sequence for every case.
-          n = (n + 7919) % Math.max(1, c.target.users);
-          return { ...req, path: c.path(first + n) };
+          n = (n + 7919) % ids.length;
+          return { ...req, path: c.path(ids[n]!) };
         },
       },
     ],
@@ -89,7 +90,7 @@ const bench: Benchmark = {
         {
           name: 'GET /users/:id/feed?cursor (live query)',
           target: social.target,
-          path: (id) => `/users/${id}/feed?cursor=999999999`,
+          path: (id) => `/users/${id}/feed?cursor=${Number.MAX_SAFE_INTEGER}`,
         },
       ];
       const samples = new Map<Case, Awaited<ReturnType<typeof load>>[]>(cases.map((c) => [c, []]));
@@ -116,6 +117,12 @@ const bench: Benchmark = {
         notes: [
           `${rounds} interleaved rounds of ${seconds}s per case; medians. Servers run in their own processes; autocannon in the bench process; ${cpus().length} cores shared by load generator and server.`,
           `${social.target.users} seeded users, 20 follows and 5 posts each.`,
+          ...rows
+            .filter((r) => Number(r.extra?.errors) > 0)
+            .map(
+              (r) =>
+                `WARNING: ${r.name} answered ${r.extra?.errors} requests with an error or a non-2xx status`,
+            ),
         ],
       };
     } finally {

@@ -1,7 +1,7 @@
 /**
  * A server for the http benchmark, in its own process so that load generation and serving do
  * not share a core: `social` (the reference app on the embedded default, seeded) or `bare`
- * (a Fastify route returning a constant). Prints one JSON line `{ url, users }` when ready.
+ * (a Fastify route returning a constant). Prints one JSON line `{ url, users, ids }` when ready.
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -36,7 +36,7 @@ if (kind === 'bare') {
     }
     for (let p = 0; p < 5; p++) await app.repo.createPost(ids[i]!, `post ${p} by ${i}`);
   }
-  console.log(JSON.stringify({ url: app.url, users: USERS, firstId: ids[0] }));
+  console.log(JSON.stringify({ url: app.url, users: USERS, ids }));
 } else {
   console.error('usage: http-target.ts social|bare');
   process.exit(2);
