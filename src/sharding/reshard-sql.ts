@@ -236,28 +236,3 @@ export async function checkShardTable(driver: SqlDriver, shard: ShardId, t: Resh
     );
   }
 }
-
-/** JSON text of `value` that keeps bigints and bytes (`{"$bigint"}`, `{"$bytes"}`), for durable cursors. */
-export function encodeJson(value: unknown): string {
-  return JSON.stringify(value, function (this: Record<string, unknown>, key, v: unknown) {
-    // Buffer#toJSON runs before the replacer: look at the original value.
-    const original = this[key];
-    if (typeof original === 'bigint') return { $bigint: original.toString() };
-    if (original instanceof Uint8Array) return { $bytes: Buffer.from(original).toString('base64') };
-    return v;
-  });
-}
-
-/** Reads `encodeJson` text back. */
-export function decodeJson<T>(text: string): T {
-  return JSON.parse(text, (_key, value: unknown) => {
-    if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
-      const v = value as { $bigint?: unknown; $bytes?: unknown };
-      if (Object.keys(value).length === 1) {
-        if (typeof v.$bigint === 'string') return BigInt(v.$bigint);
-        if (typeof v.$bytes === 'string') return new Uint8Array(Buffer.from(v.$bytes, 'base64'));
-      }
-    }
-    return value;
-  }) as T;
-}

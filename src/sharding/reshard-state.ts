@@ -6,8 +6,8 @@
  */
 import type { Clock } from '../core/clock.js';
 import { StrataError } from '../core/errors.js';
+import { fromTypedJson, toTypedJson } from '../core/json.js';
 import { type SqlDriver, sql } from '../core/sql.js';
-import { decodeJson, encodeJson } from './reshard-sql.js';
 
 /** The steps of a reshard, in order; `aborting` and `aborted` replace the rest after `abort()`. */
 export type ReshardStep =
@@ -111,8 +111,8 @@ export class ReshardStateStore<D, C> {
     return {
       name: row.name,
       step: row.step as ReshardStep,
-      details: decodeJson<D>(row.details),
-      cursors: decodeJson<C>(row.cursors),
+      details: fromTypedJson<D>(row.details),
+      cursors: fromTypedJson<C>(row.cursors),
       owner: row.owner,
       leaseUntil: Number(row.lease_until ?? 0),
       abortRequested: Number(row.abort_requested) === 1 || row.abort_requested === true,
@@ -127,8 +127,8 @@ export class ReshardStateStore<D, C> {
    */
   async create(name: string, owner: string, leaseMs: number, step: ReshardStep, details: D, cursors: C) {
     const now = this.#clock.now();
-    const d = encodeJson(details);
-    const c = encodeJson(cursors);
+    const d = toTypedJson(details);
+    const c = toTypedJson(cursors);
     const until = now + leaseMs;
     const result = await this.#driver.query(
       sql`insert into ${sql.id(this.#table)}
@@ -177,8 +177,8 @@ export class ReshardStateStore<D, C> {
   ): Promise<{ abortRequested: boolean }> {
     const now = this.#clock.now();
     const { rows } = await this.#driver.query<{ abort_requested: number | string | boolean }>(
-      sql`update ${sql.id(this.#table)} set step = ${step}, details = ${encodeJson(details)},
-            cursors = ${encodeJson(cursors)}, lease_until = ${now + leaseMs}, updated_at = ${now}
+      sql`update ${sql.id(this.#table)} set step = ${step}, details = ${toTypedJson(details)},
+            cursors = ${toTypedJson(cursors)}, lease_until = ${now + leaseMs}, updated_at = ${now}
           where name = ${name} and owner = ${owner} returning abort_requested`,
     );
     if (rows[0] === undefined) throw fenced(name);

@@ -16,6 +16,7 @@ import {
   TimeoutError,
   ValidationError,
 } from '../core/errors.js';
+import { fromTypedJson, toTypedJson } from '../core/json.js';
 import {
   assertIdentifier,
   configIdentifier,
@@ -989,8 +990,8 @@ class Router implements ShardRouter {
       const move: JournaledMove = {
         table,
         target: to,
-        pk: encodeMoveValue(pk),
-        row: encodeMoveValue(Object.fromEntries(columns.map((c) => [c, newRow[c]]))),
+        pk: toTypedJson(pk),
+        row: toTypedJson(Object.fromEntries(columns.map((c) => [c, newRow[c]]))),
       };
       // 1. On the old shard, with the row checked: the intent, durable before anything moves.
       await this.#journal(oldDriver, from);
@@ -1118,8 +1119,8 @@ class Router implements ShardRouter {
             { details: { table: entry.tbl, shard, target: entry.target } },
           );
         }
-        const pk = decodeMoveValue(entry.pk) as unknown[];
-        const row = decodeMoveValue(entry.row_data) as Record<string, unknown>;
+        const pk = fromTypedJson(entry.pk) as unknown[];
+        const row = fromTypedJson(entry.row_data) as Record<string, unknown>;
         const id = sql.id(entry.tbl);
         const intent = sql`tbl = ${entry.tbl} and pk = ${entry.pk}`;
         const oldWhere = sql.join(
@@ -1182,38 +1183,10 @@ class Router implements ShardRouter {
 interface JournaledMove {
   readonly table: string;
   readonly target: ShardId;
-  /** The old row's primary key values, as `encodeMoveValue` text. */
+  /** The old row's primary key values, as `toTypedJson` text. */
   readonly pk: string;
-  /** The new row, as `encodeMoveValue` text. */
+  /** The new row, as `toTypedJson` text. */
   readonly row: string;
-}
-
-/** JSON that keeps dates, bigints and bytes, so a recovered move writes the values it was given. */
-function encodeMoveValue(value: unknown): string {
-  return JSON.stringify(value, function (this: Record<string, unknown>, key, v: unknown) {
-    const original = this[key];
-    if (original instanceof Date) return { $date: original.getTime() };
-    if (typeof original === 'bigint') return { $bigint: original.toString() };
-    if (original instanceof Uint8Array) return { $bytes: Buffer.from(original).toString('base64') };
-    return v;
-  });
-}
-
-function decodeMoveValue(text: string): unknown {
-  return JSON.parse(text, (_key, value: unknown) => {
-    if (
-      value !== null &&
-      typeof value === 'object' &&
-      !Array.isArray(value) &&
-      Object.keys(value).length === 1
-    ) {
-      const v = value as { $date?: unknown; $bigint?: unknown; $bytes?: unknown };
-      if (typeof v.$date === 'number') return new Date(v.$date);
-      if (typeof v.$bigint === 'string') return BigInt(v.$bigint);
-      if (typeof v.$bytes === 'string') return new Uint8Array(Buffer.from(v.$bytes, 'base64'));
-    }
-    return value;
-  });
 }
 
 function notFound(table: string, shard: ShardId): StrataError {
