@@ -125,6 +125,20 @@ describe('SQLite replicas fed from the change log', () => {
     });
   });
 
+  it('reports an upper bound of its staleness: the age of the last change it applied', async () => {
+    const { primary, replicas, log } = await embedded({ replicas: 1 });
+    const before = Date.now();
+    await primary.query(`insert into notes (id, author, body) values (10, 'ada', 'stale soon')`);
+    await until(async () => (await log.head()) >= 1, 'the log to hold the change');
+    await replicas[0]!.caughtUp();
+    const seen = await changeLogPosition().replica(replicas[0]!.driver);
+    const after = Date.now();
+    expect(seen.position).toBeGreaterThan(0n);
+    // Between 0 and the time since just before the write: the change's commit time lies in there.
+    expect(seen.behindMs).toBeGreaterThanOrEqual(0);
+    expect(seen.behindMs!).toBeLessThanOrEqual(after - before + 1);
+  });
+
   it('1,000 write-then-read pairs with session tokens never miss their own write, served by the replicas', async () => {
     const { set } = await embedded();
     await set.refresh();

@@ -585,11 +585,11 @@ export function changeLogPosition(options: ChangeLogPositionOptions = {}): Posit
       return { position: await outboxSequence(primary) };
     },
     async replica(replica: SqlExecutor): Promise<ReplicaPosition> {
-      let rows: Array<{ position_major: number | bigint | null }>;
+      let rows: Array<{ position_major: number | bigint | null; commit_time: number | null }>;
       try {
         rows = (
-          await replica.query<{ position_major: number | bigint | null }>(
-            `SELECT position_major FROM ${quote(state)} WHERE id = 1`,
+          await replica.query<{ position_major: number | bigint | null; commit_time: number | null }>(
+            `SELECT position_major, commit_time FROM ${quote(state)} WHERE id = 1`,
           )
         ).rows;
       } catch (err) {
@@ -598,7 +598,12 @@ export function changeLogPosition(options: ChangeLogPositionOptions = {}): Posit
         throw err;
       }
       const row = rows[0];
-      return { position: row === undefined ? undefined : BigInt(row.position_major ?? 0) };
+      if (row === undefined) return { position: undefined };
+      // Its data is at most as old as the last change it applied: an upper bound of its
+      // staleness while it is behind (the monitor ignores it for a replica that is caught up).
+      const behindMs =
+        row.commit_time === null ? undefined : Math.max(0, Date.now() - Number(row.commit_time));
+      return { position: BigInt(row.position_major ?? 0), behindMs };
     },
     format: (position: bigint) => position.toString(),
     parse(text: string): bigint {
