@@ -2005,8 +2005,9 @@ export async function readReshardStatus(
  * Creates a reshard of the shard map `name` from its active strategy to `to`; nothing runs until
  * `plan()` or `run()`. Validates everything it can at construction and throws `E_CONFIG` naming
  * the option: a shard of either strategy without a driver (`shards`), a bad table or column
- * (`tables.posts.key`), a router that cannot switch to `to` without `onCutover` (`router`), a
- * time strategy (`to`), PostgreSQL shards without `capture`.
+ * name (`tables.posts.key`), a router that cannot switch to `to` without `onCutover` (`router`),
+ * a time strategy (`to`), PostgreSQL shards without `capture`. Whether each table and column
+ * exists on every shard, with that primary key, is checked when the reshard plans (`E_CONFIG`).
  */
 export function createReshard(options: ReshardOptions): Reshard {
   return new ReshardImpl(options);
