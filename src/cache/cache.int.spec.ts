@@ -181,6 +181,58 @@ describe.skipIf(!services.redis)('cache on Redis', () => {
     expect(cache.stats().remote?.breaker).toBe('closed');
   });
 
+  it('does not load again when the holder stored the value and released its lease between our miss and our lease', async () => {
+    const prefix = `${uniqueName('cache_lease_race')}:`;
+    const options = { lease: { ttl: '5s', wait: '5s' }, ttl: '1m' } as const;
+    const a = await createCache({ remote: store(prefix), ...options });
+    // B's lease requests wait at a gate, so the test decides when B asks for the lease.
+    const inner = store(prefix);
+    let openGate = () => {};
+    const gate = new Promise<void>((resolve) => {
+      openGate = resolve;
+    });
+    let asked = () => {};
+    const askedForLease = new Promise<void>((resolve) => {
+      asked = resolve;
+    });
+    const gated = new Proxy(inner, {
+      get(target, property, receiver) {
+        if (property === 'setIfAbsent') {
+          return async (...args: Parameters<RedisStore['setIfAbsent']>) => {
+            asked();
+            await gate;
+            return target.setIfAbsent(...args);
+          };
+        }
+        const value = Reflect.get(target, property, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const b = await createCache({ remote: gated, memory: false, ...options });
+    let loads = 0;
+    let finishA = () => {};
+    const aLoading = a.getOrSet('k', async () => {
+      loads++;
+      await new Promise<void>((resolve) => {
+        finishA = resolve;
+      });
+      return 'from a';
+    });
+    await until(() => loads === 1, 'a to hold the lease and load');
+    // B misses (nothing stored yet) and asks for the lease ...
+    const bLoading = b.getOrSet('k', async () => {
+      loads++;
+      return 'from b';
+    });
+    await askedForLease;
+    // ... while A stores its value and releases its lease; only then does B's request arrive.
+    finishA();
+    expect(await aLoading).toBe('from a');
+    openGate();
+    expect(await bLoading).toBe('from a');
+    expect(loads).toBe(1);
+  });
+
   it('serves one load to concurrent callers of two caches sharing Redis, and stale while the holder loads', async () => {
     const prefix = `${uniqueName('cache_lease')}:`;
     const a = await createCache({

@@ -961,7 +961,19 @@ class CacheView implements Cache {
         l2.setIfAbsent(LEASE_KEY + k, token, { ttl: e.s.leaseTtlMs! }),
       );
       // The shared tier is down or open: load here rather than fail.
-      if (!got.ok || got.value) return { kind: 'token', token: got.ok ? token : '' };
+      if (!got.ok) return { kind: 'token', token: '' };
+      if (got.value) {
+        // Checked again under the lease: a holder may have stored the value and released its
+        // lease between our miss and our taking the lease; loading again would be a second load.
+        const [entry] = (await e.remoteGetMany([k])) ?? [undefined];
+        if (entry !== undefined && e.state(entry, e.clock.now()) === 'fresh') {
+          await e.remoteCall('lease', (l2) => l2.deleteIfEquals(LEASE_KEY + k, token));
+          if (e.l1Usable) e.l1!.set(k, entry);
+          e.remote!.hits++;
+          return { kind: 'value', value: entry.n === 1 ? undefined : entry.v };
+        }
+        return { kind: 'token', token };
+      }
       if (!waited) {
         e.counters.leaseWaits++;
         waited = true;

@@ -354,7 +354,8 @@ class RedisStoreImpl implements RedisStore {
 
   async connect(): Promise<void> {
     this.#assertOpen();
-    if (this.#own !== undefined) return this.#ready(this.#own);
+    // A round trip, not the connection's status alone: right after the server dies the status
+    // can still read 'ready' until the socket's close event arrives.
     await this.#run('ping', (c) => c.ping());
   }
 
