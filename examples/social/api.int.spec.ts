@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPostgresTestDatabase } from '../../src/backends/postgres/postgres-test-database.js';
-import { services, tempDir } from '../../test/helpers.js';
-import { createSocialApp, type SocialApp } from './app.js';
-import { dropShardDatabases } from './stores.js';
+import { tempDir } from '../../test/helpers.js';
+import { socialTestEngines } from '../../test/social-engines.js';
+import { createSocialApp, type SocialApp, type SocialAppOptions } from './app.js';
 
 async function until(condition: () => Promise<boolean>, what: string, ms = 20_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -12,42 +11,7 @@ async function until(condition: () => Promise<boolean>, what: string, ms = 20_00
   }
 }
 
-interface Engine {
-  name: string;
-  enabled: boolean;
-  open: () => Promise<{ app: SocialApp; cleanup: () => Promise<void> }>;
-}
-
-const engines: Engine[] = [
-  {
-    name: 'sqlite',
-    enabled: true,
-    async open() {
-      const dir = tempDir('strata-social-');
-      const app = await createSocialApp({ dataDir: dir.path, cacheTtl: '1h' });
-      return { app, cleanup: async () => dir.remove() };
-    },
-  },
-  {
-    name: 'postgres',
-    enabled: services.postgres,
-    async open() {
-      const database = await createPostgresTestDatabase({ prefix: 'social_api' });
-      // The change log is still an embedded file in PostgreSQL mode: give it a private directory.
-      const dir = tempDir('strata-social-pg-');
-      const app = await createSocialApp({ databaseUrl: database.url, dataDir: dir.path, cacheTtl: '1h' });
-      return {
-        app,
-        cleanup: async () => {
-          // The shards are databases beside the meta database, created by the app.
-          await dropShardDatabases(database.url);
-          await database.drop();
-          dir.remove();
-        },
-      };
-    },
-  },
-];
+const engines = socialTestEngines('social_api');
 
 describe.each(engines)('social API on $name', (engine) => {
   let app: SocialApp;
@@ -55,7 +19,9 @@ describe.each(engines)('social API on $name', (engine) => {
 
   beforeAll(async () => {
     if (!engine.enabled) return;
-    ({ app, cleanup } = await engine.open());
+    let options: SocialAppOptions;
+    ({ options, cleanup } = await engine.open());
+    app = await createSocialApp(options);
   });
   afterAll(async () => {
     if (!engine.enabled) return;

@@ -13,13 +13,12 @@ import { projectionConsumerName, rebuildProjection } from 'strata/cqrs';
 import type { EventStore, RecordedEvent } from 'strata/events';
 import { createSqliteDriver } from 'strata/sqlite';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createPostgresTestDatabase } from '../../src/backends/postgres/postgres-test-database.js';
-import { services, tempDir } from '../../test/helpers.js';
+import { tempDir } from '../../test/helpers.js';
+import { socialTestEngines } from '../../test/social-engines.js';
 import { accountStream } from './accounts.js';
-import { createSocialApp, type SocialApp } from './app.js';
+import { createSocialApp, type SocialApp, type SocialAppOptions } from './app.js';
 import { openSocialEventStore, socialProjections } from './event-sourcing.js';
 import { appendFeedEvents, feedProjection, feedStream } from './feed.js';
-import { dropShardDatabases } from './stores.js';
 
 async function until(condition: () => Promise<boolean>, what: string, ms = 30_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -47,40 +46,7 @@ async function feedModel(driver: SqlDriver): Promise<Record<string, number[][]>>
   };
 }
 
-interface Engine {
-  name: string;
-  enabled: boolean;
-  open: () => Promise<{ app: SocialApp; cleanup: () => Promise<void> }>;
-}
-
-const engines: Engine[] = [
-  {
-    name: 'sqlite',
-    enabled: true,
-    async open() {
-      const dir = tempDir('strata-social-events-');
-      const app = await createSocialApp({ dataDir: dir.path, cacheTtl: '1h' });
-      return { app, cleanup: async () => dir.remove() };
-    },
-  },
-  {
-    name: 'postgres',
-    enabled: services.postgres,
-    async open() {
-      const database = await createPostgresTestDatabase({ prefix: 'social_events' });
-      const dir = tempDir('strata-social-events-pg-');
-      const app = await createSocialApp({ databaseUrl: database.url, dataDir: dir.path, cacheTtl: '1h' });
-      return {
-        app,
-        cleanup: async () => {
-          await dropShardDatabases(database.url);
-          await database.drop();
-          dir.remove();
-        },
-      };
-    },
-  },
-];
+const engines = socialTestEngines('social_events');
 
 describe.each(engines)('social app on the event store ($name)', (engine) => {
   let app: SocialApp;
@@ -88,7 +54,9 @@ describe.each(engines)('social app on the event store ($name)', (engine) => {
 
   beforeAll(async () => {
     if (!engine.enabled) return;
-    ({ app, cleanup } = await engine.open());
+    let options: SocialAppOptions;
+    ({ options, cleanup } = await engine.open());
+    app = await createSocialApp(options);
   });
   afterAll(async () => {
     if (!engine.enabled) return;

@@ -4,11 +4,10 @@
  * user's own data through the `strata_token` cookie, eventual reads of other users' data.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPostgresTestDatabase } from '../../src/backends/postgres/postgres-test-database.js';
 import { env, services, tempDir } from '../../test/helpers.js';
+import { socialTestEngines } from '../../test/social-engines.js';
 import { createSocialApp, type SocialApp, type SocialAppOptions } from './app.js';
 import type { ReplicasStatus } from './replicas.js';
-import { dropShardDatabases } from './stores.js';
 
 async function until(condition: () => Promise<boolean>, what: string, ms = 20_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -53,45 +52,15 @@ function client(app: SocialApp) {
   };
 }
 
-interface Engine {
-  name: string;
-  enabled: boolean;
-  open: () => Promise<{ options: SocialAppOptions; cleanup: () => Promise<void> }>;
-}
+const engines = socialTestEngines('social_replicas', {
+  options: { replicaUrls: env.postgresReplicaUrls },
+  enabled: services.postgres && services.pgReplicas,
+}).map((engine) => ({
+  ...engine,
+  label: engine.name === 'sqlite' ? 'embedded SQLite replicas' : 'PostgreSQL standbys',
+}));
 
-const engines: Engine[] = [
-  {
-    name: 'embedded SQLite replicas',
-    enabled: true,
-    async open() {
-      const dir = tempDir('strata-social-replicas-');
-      return { options: { dataDir: dir.path, cacheTtl: '1h' }, cleanup: async () => dir.remove() };
-    },
-  },
-  {
-    name: 'PostgreSQL standbys',
-    enabled: services.postgres && services.pgReplicas,
-    async open() {
-      const database = await createPostgresTestDatabase({ prefix: 'social_replicas' });
-      const dir = tempDir('strata-social-replicas-pg-');
-      return {
-        options: {
-          databaseUrl: database.url,
-          dataDir: dir.path,
-          cacheTtl: '1h',
-          replicaUrls: env.postgresReplicaUrls,
-        },
-        cleanup: async () => {
-          await dropShardDatabases(database.url);
-          await database.drop();
-          dir.remove();
-        },
-      };
-    },
-  },
-];
-
-describe.each(engines)('social app read replicas: $name', (engine) => {
+describe.each(engines)('social app read replicas: $label', (engine) => {
   let app: SocialApp;
   let cleanup: () => Promise<void>;
   let options: SocialAppOptions;
@@ -124,9 +93,9 @@ describe.each(engines)('social app read replicas: $name', (engine) => {
     'runs a replica per shard and sets the token cookie on every write',
     async () => {
       const s = await status();
-      expect(s.mode).toBe(engine.name.startsWith('embedded') ? 'embedded' : 'postgres');
+      expect(s.mode).toBe(engine.name === 'sqlite' ? 'embedded' : 'postgres');
       expect(s.replicas.map((r) => r.id).sort()).toEqual(
-        engine.name.startsWith('embedded') ? ['s0/r1', 's1/r1'] : ['s0/r1', 's0/r2', 's1/r1', 's1/r2'],
+        engine.name === 'sqlite' ? ['s0/r1', 's1/r1'] : ['s0/r1', 's0/r2', 's1/r1', 's1/r2'],
       );
       const alice = client(app);
       const id = await newUser(alice, 'cookie');
@@ -187,7 +156,7 @@ describe.each(engines)('social app read replicas: $name', (engine) => {
       // Replicas that caught up in time served read-your-writes reads too, not only the primary.
       expect(s.shards.reduce((n, sh) => n + sh.session.servedByReplicas, 0)).toBeGreaterThan(0);
       for (const r of s.replicas) {
-        expect(r).toMatchObject({ unit: engine.name.startsWith('embedded') ? 'changes' : 'bytes' });
+        expect(r).toMatchObject({ unit: engine.name === 'sqlite' ? 'changes' : 'bytes' });
         expect(r.lag).toBeGreaterThanOrEqual(0);
         expect(r.lagSeconds).toBeGreaterThanOrEqual(0);
         expect(r.share).toBeGreaterThanOrEqual(0);
@@ -264,7 +233,7 @@ describe.each(engines)('social app read replicas: $name', (engine) => {
       expect(metrics).toMatch(/strata_replica_read_share\{shard="s1",replica="r1"\} [\d.e-]+/);
       expect(metrics).toMatch(/strata_replica_session_fallbacks\{shard="s0"\} \d+/);
       expect(metrics).toMatch(/strata_replica_reads\{shard="s0",node="primary"\} \d+/);
-      const lagFigure = engine.name.startsWith('embedded') ? 'replica_lag_changes' : 'replica_lag_bytes';
+      const lagFigure = engine.name === 'sqlite' ? 'replica_lag_changes' : 'replica_lag_bytes';
       expect(metrics).toContain(`strata_figure{figure="${lagFigure}",series="s0/r1"}`);
       expect(metrics).toContain('strata_figure{figure="replica_lag_seconds",series="s1/r1"}');
       expect(metrics).toContain('strata_figure{figure="replica_session_fallbacks",series="bad tokens"}');
@@ -275,7 +244,7 @@ describe.each(engines)('social app read replicas: $name', (engine) => {
     },
   );
 
-  it.skipIf(!engine.name.startsWith('embedded'))(
+  it.skipIf(!(engine.name === 'sqlite'))(
     'falls back to the primary for a session read while the replica is stopped, and counts it',
     async () => {
       const me = client(app);
@@ -310,7 +279,7 @@ describe.each(engines)('social app read replicas: $name', (engine) => {
     },
   );
 
-  it.skipIf(!engine.name.startsWith('embedded'))(
+  it.skipIf(!(engine.name === 'sqlite'))(
     'keeps the replica files across a restart and refuses the previous process tokens',
     async () => {
       const me = client(app);

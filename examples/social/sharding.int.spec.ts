@@ -6,45 +6,13 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPostgresTestDatabase } from '../../src/backends/postgres/postgres-test-database.js';
 import { sql } from '../../src/core/sql.js';
 import { decodeId, hashStrategy, placeSync } from '../../src/sharding/index.js';
-import { services, tempDir } from '../../test/helpers.js';
+import { tempDir } from '../../test/helpers.js';
+import { socialTestEngines } from '../../test/social-engines.js';
 import { createSocialApp, type SocialApp, type SocialAppOptions } from './app.js';
-import { dropShardDatabases } from './stores.js';
 
-interface Engine {
-  name: 'sqlite' | 'postgres';
-  enabled: boolean;
-  open: () => Promise<{ options: SocialAppOptions; cleanup: () => Promise<void> }>;
-}
-
-const engines: Engine[] = [
-  {
-    name: 'sqlite',
-    enabled: true,
-    async open() {
-      const dir = tempDir('strata-social-shards-');
-      return { options: { dataDir: dir.path, cacheTtl: '1h' }, cleanup: async () => dir.remove() };
-    },
-  },
-  {
-    name: 'postgres',
-    enabled: services.postgres,
-    async open() {
-      const database = await createPostgresTestDatabase({ prefix: 'social_shards' });
-      const dir = tempDir('strata-social-shards-pg-');
-      return {
-        options: { databaseUrl: database.url, dataDir: dir.path, cacheTtl: '1h' },
-        cleanup: async () => {
-          await dropShardDatabases(database.url);
-          await database.drop();
-          dir.remove();
-        },
-      };
-    },
-  },
-];
+const engines = socialTestEngines('social_shards');
 
 /** The map every new store starts with. */
 const FIRST_MAP = hashStrategy({ shards: ['s0', 's1'] });
