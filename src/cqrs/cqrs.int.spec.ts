@@ -3,10 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { services, tempDir, uniqueName } from '../../test/helpers.js';
 import { createPostgresDriver } from '../backends/postgres/postgres-driver.js';
 import { createPostgresEventStore } from '../backends/postgres/postgres-event-store.js';
-import {
-  createPostgresTestDatabase,
-  type PostgresTestDatabase,
-} from '../backends/postgres/postgres-test-database.js';
+import { createPostgresTestDatabase } from '../backends/postgres/postgres-test-database.js';
 import { createSqliteDriver } from '../backends/sqlite/sqlite-driver.js';
 import { createSqliteEventStore } from '../backends/sqlite/sqlite-event-store.js';
 import { createSqlCheckpointStore } from '../changes/sql-checkpoint-store.js';
@@ -644,14 +641,17 @@ function describeCqrs(name: string, setup: () => Promise<Engine & { close(): Pro
 
 const dir = tempDir('strata-cqrs-');
 
-describeCqrs('sqlite', async () => {
-  const driver = createSqliteDriver(join(dir.path, 'cqrs.db'));
+/** An engine over `driver`: a fresh store (its own table prefix) per call, all closed at the end. */
+function engineOn(
+  driver: SqlDriver,
+  open: (options: { driver: never; tablePrefix: string }) => EventStore,
+  dispose: () => Promise<void> | void,
+): Engine & { close(): Promise<void> } {
   const stores: EventStore[] = [];
-  let n = 0;
   return {
     driver,
     async store() {
-      const s = createSqliteEventStore({ driver, tablePrefix: `es${n++}` });
+      const s = open({ driver: driver as never, tablePrefix: `es${stores.length}` });
       stores.push(s);
       await s.migrate();
       return s;
@@ -659,32 +659,20 @@ describeCqrs('sqlite', async () => {
     async close() {
       for (const s of stores) await s.close();
       await driver.close();
-      dir.remove();
+      await dispose();
     },
   };
-});
+}
+
+describeCqrs('sqlite', async () =>
+  engineOn(createSqliteDriver(join(dir.path, 'cqrs.db')), createSqliteEventStore, () => dir.remove()),
+);
 
 describe.skipIf(!services.postgres)('postgres', () => {
-  let testDb: PostgresTestDatabase;
   describeCqrs('postgres', async () => {
-    testDb = await createPostgresTestDatabase({ prefix: 'strata_cqrs' });
+    const testDb = await createPostgresTestDatabase({ prefix: 'strata_cqrs' });
     const driver = createPostgresDriver({ url: testDb.url, maxConnections: 12 });
-    const stores: EventStore[] = [];
-    let n = 0;
-    return {
-      driver,
-      async store() {
-        const s = createPostgresEventStore({ driver, tablePrefix: `es${n++}` });
-        stores.push(s);
-        await s.migrate();
-        return s;
-      },
-      async close() {
-        for (const s of stores) await s.close();
-        await driver.close();
-        await testDb.drop();
-      },
-    };
+    return engineOn(driver, createPostgresEventStore, () => testDb.drop());
   });
 });
 
